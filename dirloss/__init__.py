@@ -1,0 +1,28 @@
+"""dirloss: group classification with descending soft labels for deep imbalanced regression.
+
+Drop-in PyTorch modules for the method of Pu et al., "Leveraging Group Classification with
+Descending Soft Labeling for Deep Imbalanced Regression" (AAAI 2025)::
+
+    binner = GroupBinner(num_groups=10).fit(train_targets)
+    head = MultiExpertHead.from_linear(model.fc, num_groups=10)
+    criterion = GroupDIRLoss(binner)
+"""
+
+from . import functional
+from .binning import GroupBinner
+from .heads import HeadOutput, MultiExpertHead
+from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
+from .objective import GroupDIRLoss, GroupDIRLossOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DescendingSoftLabelLoss",
+    "GroupBinner",
+    "GroupContrastiveLoss",
+    "GroupDIRLoss",
+    "GroupDIRLossOutput",
+    "HeadOutput",
+    "MultiExpertHead",
+    "functional",
+]

@@ -1,0 +1,72 @@
+"""Argument checks shared by the functional ops and modules (private)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"{reduction!r} is not a valid value for reduction; expected one of {REDUCTIONS}"
+        )
+
+
+def reduce(loss: Tensor, reduction: str) -> Tensor:
+    """Reduce a per-sample loss of shape (N,); ``"mean"`` of an empty batch is 0, not NaN."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / max(loss.shape[0], 1)
+
+
+def check_num_groups(num_groups: object) -> int:
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 2:
+        raise ValueError(f"expected num_groups to be an int >= 2, got {num_groups!r}")
+    return num_groups
+
+
+def check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected {name} to be a positive number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected {name} to be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_non_negative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected {name} to be a non-negative number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected {name} to be a non-negative finite number, got {value!r}")
+    return float(value)
+
+
+def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.device != b.device:
+        raise ValueError(
+            f"expected {name_b} on the same device as {name_a} ({a.device}), got {b.device}"
+        )
+
+
+def check_group_targets(name: str, target: Tensor, n: int) -> None:
+    """A 1-D integer tensor of ``n`` group indices."""
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise ValueError(f"expected {name} to hold integer group indices, got dtype {target.dtype}")
+    if target.shape != (n,):
+        raise ValueError(f"expected {name} of shape ({n},), got {tuple(target.shape)}")
+
+
+def squeeze_labels(name: str, labels: Tensor) -> Tensor:
+    """Accept (N,) or (N, 1) labels and return them as (N,)."""
+    if labels.dim() == 2 and labels.shape[1] == 1:
+        return labels[:, 0]
+    if labels.dim() != 1:
+        raise ValueError(f"expected {name} of shape (N,) or (N, 1), got {tuple(labels.shape)}")
+    return labels

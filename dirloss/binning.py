@@ -1,0 +1,179 @@
+"""GroupBinner: continuous labels to ordered group indices."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_num_groups
+
+__all__ = ["GroupBinner"]
+
+ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
+_STRATEGIES = ("uniform", "quantile")
+
+
+def _as_label_vector(labels: ArrayLike) -> np.ndarray:
+    """Training labels as a float64 numpy vector; accepts (N,) or (N, 1)."""
+    array = _as_numpy(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise ValueError(f"expected labels of shape (N,) or (N, 1), got {array.shape}")
+    if array.size == 0:
+        raise ValueError("expected at least one label to fit, got an empty array")
+    bad = int((~np.isfinite(array)).sum())
+    if bad:
+        raise ValueError(f"expected finite labels, got {bad} NaN/inf of {array.size}")
+    return array
+
+
+def _check_edges(edges: np.ndarray) -> np.ndarray:
+    if edges.ndim != 1 or edges.size < 3:
+        raise ValueError(f"expected edges of shape (G + 1,) with G >= 2, got {edges.shape}")
+    if not np.isfinite(edges).all() or not (np.diff(edges) > 0).all():
+        raise ValueError(f"expected finite, strictly increasing edges, got {edges.tolist()}")
+    return edges
+
+
+class GroupBinner(nn.Module):
+    r"""Splits a continuous label range into ``num_groups`` ordered groups.
+
+    Group ``k`` holds :math:`e_k \le y < e_{k+1}`; the last group also holds :math:`e_G`.
+    Labels below :math:`e_0` go to group 0 and labels above :math:`e_G` to group ``G - 1``,
+    so test labels outside the training range still get a group. NaN labels are not
+    checked in :meth:`forward` (a value check would force a host sync); they land in group
+    ``G - 1``.
+
+    Args:
+        num_groups: G >= 2.
+        strategy: ``"uniform"``: equal-width groups on ``[low, high]``; ``"quantile"``:
+            edges at label quantiles, so groups hold about equally many training samples.
+            ``fit`` recomputes the edges each call, unless ``edges`` were given.
+        low, high: fix the ``"uniform"`` range (e.g. ages 0..100); default to the min / max
+            of the fitted labels.
+        edges: explicit (G + 1,) increasing edges; then no fit is needed (``fit`` still
+            counts the samples per group).
+
+    Buffers:
+        edges (G + 1,) float64, counts (G,) training samples per group, centers (G,) group
+        midpoints. They save with ``state_dict()`` and move with ``.to(device)``.
+
+    Shape:
+        - Input: any shape; a trailing dimension of 1 is dropped.
+        - Output: int64 group indices of that shape, on the input's device.
+
+    Example:
+        >>> binner = GroupBinner(4).fit(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]))
+        >>> binner(torch.tensor([[0.5], [3.9], [7.0]]))
+        tensor([0, 3, 3])
+    """
+
+    edges: Tensor
+    counts: Tensor
+    centers: Tensor
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        strategy: str = "uniform",
+        low: Optional[float] = None,
+        high: Optional[float] = None,
+        edges: Optional[ArrayLike] = None,
+    ) -> None:
+        super().__init__()
+        if strategy not in _STRATEGIES:
+            raise ValueError(f"expected strategy in {_STRATEGIES}, got {strategy!r}")
+        given = None if edges is None else _check_edges(_as_numpy(edges))
+        if given is not None and num_groups != given.size - 1:
+            raise ValueError(
+                f"expected num_groups = len(edges) - 1 = {given.size - 1}, got {num_groups!r}"
+            )
+        self.num_groups = check_num_groups(num_groups)
+        if low is not None and high is not None and not low < high:
+            raise ValueError(f"expected low < high, got low={low!r}, high={high!r}")
+        self.strategy, self.low, self.high = strategy, low, high
+        nan = torch.full((num_groups + 1,), float("nan"), dtype=torch.float64)
+        self.register_buffer("edges", nan)
+        self.register_buffer("counts", torch.zeros(num_groups, dtype=torch.long))
+        self.register_buffer("centers", nan[1:].clone())
+        self._fitted = False
+        self._explicit_edges = given is not None
+        if given is not None:
+            self._set_edges(given)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the edges are set (by ``fit``, ``edges=`` or ``load_state_dict``)."""
+        return self._fitted
+
+    def fit(self, labels: ArrayLike) -> "GroupBinner":
+        """Set the edges from training labels (unless given) and count samples per group.
+
+        Args:
+            labels: (N,) or (N, 1) training labels: a tensor, ndarray or sequence.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: NaN/inf labels, an empty array, a degenerate range, or quantile edges
+                that collide because of ties.
+        """
+        y = _as_label_vector(labels)
+        if not self._explicit_edges:
+            self._set_edges(self._edges_from(y))
+        groups = self(torch.from_numpy(y).to(self.edges.device))
+        self.counts.copy_(torch.bincount(groups, minlength=self.num_groups))
+        return self
+
+    def forward(self, y: Tensor) -> Tensor:
+        if not self._fitted:
+            raise RuntimeError("GroupBinner has no edges yet: call fit(train_labels) first")
+        if y.dim() > 0 and y.shape[-1] == 1:
+            y = y.squeeze(-1)
+        inner = self.edges[1:-1]
+        return torch.bucketize(y.to(inner.dtype), inner, right=True)
+
+    def extra_repr(self) -> str:
+        return f"num_groups={self.num_groups}, strategy={self.strategy!r}, fitted={self._fitted}"
+
+    def _edges_from(self, y: np.ndarray) -> np.ndarray:
+        g = self.num_groups
+        if self.strategy == "quantile":
+            edges = np.quantile(y, np.linspace(0.0, 1.0, g + 1))
+            distinct = np.unique(edges).size - 1
+            if distinct < g:
+                raise ValueError(
+                    f"quantile edges collide because of tied labels: the data supports at "
+                    f"most {distinct} distinct quantile groups, got num_groups={g}"
+                )
+            return edges
+        low = float(y.min()) if self.low is None else self.low
+        high = float(y.max()) if self.high is None else self.high
+        if not low < high:
+            raise ValueError(
+                f"expected a label range with low < high, got low={low!r}, high={high!r} "
+                "(all training labels equal? pass low= and high=)"
+            )
+        return np.linspace(low, high, g + 1)
+
+    def _set_edges(self, edges: np.ndarray) -> None:
+        e = torch.as_tensor(edges, dtype=torch.float64, device=self.edges.device)
+        self.edges.copy_(e)
+        self.centers.copy_((e[1:] + e[:-1]) / 2)
+        self._fitted = True
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._fitted = bool(torch.isfinite(self.edges).all())
+
+
+def _as_numpy(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)

@@ -1,0 +1,299 @@
+r"""Pure-function forms of the dirloss losses (like ``torch.nn.functional``).
+
+Every module in :mod:`dirloss` keeps its hyper-parameters and buffers and calls one of these
+functions in its ``forward``: the math lives here, in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _contrastive
+from ._validation import (
+    check_group_targets,
+    check_num_groups,
+    check_positive,
+    check_reduction,
+    check_same_device,
+    reduce,
+)
+
+__all__ = [
+    "DEFAULT_TEMPERATURE",
+    "descending_soft_label_table",
+    "descending_soft_labels",
+    "descending_soft_label_loss",
+    "group_contrastive_loss",
+]
+
+#: Default temperature of :func:`group_contrastive_loss`. Features are L2-normalised, so the
+#: "l2" similarity ``-||z_i - z_j|| / T`` spans ``[-2 / T, 0]``. Rank-N-Contrast's ``T = 2``
+#: was chosen for unnormalised features; on the unit sphere it squeezes every logit into
+#: ``[-1, 0]``, where near and far samples are barely told apart. ``T = 0.1`` gives the logit
+#: range of 20 that SimCLR / SupCon use on normalised embeddings, and keeps ``e^{-20}`` far
+#: from float32 underflow.
+DEFAULT_TEMPERATURE = 0.1
+
+_SIMILARITIES = ("l2", "cosine")
+
+
+def _check_soft_label_params(num_groups: int, scale: float, step: int) -> None:
+    check_num_groups(num_groups)
+    check_positive("scale", scale)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"expected step to be a non-negative int, got {step!r}")
+    top = num_groups - 1
+    true_logit = min(max(scale * top, 0.0), top)
+    neighbour_logit = min(max((num_groups - step - 1) / scale, 0.0), top)
+    if neighbour_logit >= true_logit:
+        bound = math.sqrt(max(num_groups - 1 - step, 0) / top)
+        raise ValueError(
+            "soft labels would not peak at the true group: the nearest neighbour's logit "
+            f"clamp((G - step - 1) / scale) = {neighbour_logit:g} is not below the true "
+            f"group's clamp(scale * (G - 1)) = {true_logit:g}; expected step >= 1 and "
+            f"scale > sqrt((G - 1 - step) / (G - 1)) = {bound:.4g}, got scale={scale!r}, "
+            f"step={step!r} with num_groups={num_groups}"
+        )
+
+
+def descending_soft_label_table(
+    num_groups: int,
+    *,
+    scale: float = 1.0,
+    step: int = 1,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    r"""The (G, G) table of descending soft labels; row ``k`` is the label of true group ``k``.
+
+    .. math::
+        p_{kj} = \operatorname{softmax}_j \operatorname{clamp}(r_{kj}, 0, G - 1),\qquad
+        r_{kk} = \text{scale}\,(G - 1),\quad
+        r_{kj} = \frac{G - \text{step} - |j - k|}{\text{scale}}\ (j \ne k).
+
+    With ``scale = step = 1`` this is :math:`p_{kj} \propto e^{-|j - k|}`: each row peaks at
+    ``k`` and descends symmetrically with the group distance.
+
+    Args:
+        num_groups: G, at least 2.
+        scale: sharpness; larger puts more mass on the true group.
+        step: logit gap between the true group and its nearest neighbours (for scale = 1).
+        dtype, device: of the returned table (default float32 on the CPU).
+
+    Raises:
+        ValueError: if the parameters would make a neighbour's probability reach the true
+            group's (the bound is in the message).
+
+    Example:
+        >>> table = descending_soft_label_table(4)
+        >>> torch.allclose(table.sum(1), torch.ones(4))
+        True
+        >>> (table.argmax(1) == torch.arange(4)).all().item()
+        True
+    """
+    _check_soft_label_params(num_groups, scale, step)
+    groups = torch.arange(num_groups, dtype=torch.float64, device=device)
+    distance = (groups[:, None] - groups[None, :]).abs()
+    logits = (num_groups - step - distance) / scale
+    logits.fill_diagonal_(scale * (num_groups - 1))
+    table = logits.clamp(0, num_groups - 1).softmax(dim=1)
+    return table.to(dtype or torch.get_default_dtype())
+
+
+def descending_soft_labels(
+    groups: Tensor, num_groups: int, *, scale: float = 1.0, step: int = 1
+) -> Tensor:
+    r"""Soft labels for a batch of group indices: row ``groups[i]`` of the table above.
+
+    Args:
+        groups: (N,) integer group indices in ``[0, num_groups)``.
+        num_groups: G.
+        scale, step: see :func:`descending_soft_label_table`.
+
+    Returns:
+        (N, G) float32 probabilities on ``groups``' device.
+
+    Example:
+        >>> descending_soft_labels(torch.tensor([0, 2]), 3).argmax(1)
+        tensor([0, 2])
+    """
+    check_group_targets("groups", groups, groups.shape[0] if groups.dim() == 1 else -1)
+    table = descending_soft_label_table(num_groups, scale=scale, step=step, device=groups.device)
+    return table.index_select(0, groups)
+
+
+def descending_soft_label_loss(
+    input: Tensor,
+    target: Tensor,
+    *,
+    scale: float = 1.0,
+    step: int = 1,
+    logit_adjustment: Optional[Tensor] = None,
+    reduction: str = "mean",
+    table: Optional[Tensor] = None,
+) -> Tensor:
+    r"""Cross-entropy of group logits against descending soft labels (L_soft).
+
+    .. math::
+        \ell_i = -\sum_j p_{y_i j} \log \operatorname{softmax}(x_i + a)_j
+
+    with :math:`p` from :func:`descending_soft_label_table` and :math:`a` the optional logit
+    adjustment (``tau * log(prior)``, applied by the module only while training).
+    ``"mean"`` averages over the batch; ``"sum"`` reproduces the research code, whose weight
+    grew with the batch size.
+
+    Args:
+        input: (N, G) group logits.
+        target: (N,) integer true groups in ``[0, G)``.
+        scale, step: see :func:`descending_soft_label_table`.
+        logit_adjustment: optional (G,) offsets added to every row of the logits.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        table: a precomputed (G, G) table (what :class:`~dirloss.DescendingSoftLabelLoss`
+            caches); built from ``scale`` and ``step`` when omitted.
+
+    Returns:
+        A scalar, or (N,) for ``reduction="none"``. Computed in at least float32.
+
+    Example:
+        >>> logits = torch.tensor([[4.0, 1.0, -2.0], [0.0, 0.5, 3.0]])
+        >>> descending_soft_label_loss(logits, torch.tensor([0, 2])).shape
+        torch.Size([])
+    """
+    check_reduction(reduction)
+    if input.dim() != 2:
+        raise ValueError(f"expected input (group logits) of shape (N, G), got {tuple(input.shape)}")
+    n, num_groups = input.shape
+    check_group_targets("target", target, n)
+    check_same_device("input", input, "target", target)
+    if table is None:
+        table = descending_soft_label_table(num_groups, scale=scale, step=step, device=input.device)
+    elif table.shape != (num_groups, num_groups):
+        raise ValueError(
+            f"expected input with {table.shape[0]} group logits (num_groups), got {num_groups}"
+        )
+    logits = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
+    if logit_adjustment is not None:
+        if logit_adjustment.shape != (num_groups,):
+            raise ValueError(
+                f"expected logit_adjustment of shape ({num_groups},), "
+                f"got {tuple(logit_adjustment.shape)}"
+            )
+        logits = logits + logit_adjustment.to(logits.dtype)
+    soft = table.to(logits.dtype).index_select(0, target)
+    loss = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return reduce(loss, reduction)
+
+
+def group_contrastive_loss(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    num_groups: Optional[int] = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    similarity: str = "l2",
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Group-aware ordinal contrastive loss (L_grc; Rank-N-Contrast applied to groups).
+
+    With :math:`z = \text{features} / \lVert\text{features}\rVert`,
+    :math:`s_{ij} = -\lVert z_i - z_j \rVert_2 / T` (``"l2"``) or
+    :math:`\cos(z_i, z_j) / T` (``"cosine"``), and :math:`d_{ij} = |y_i - y_j|`:
+
+    .. math::
+        \ell_{ij} = -\log \frac{e^{s_{ij}}}{\sum_{k \ne i,\; d_{ik} \ge d_{ij}} e^{s_{ik}}},
+        \qquad \mathcal{L} = \frac{1}{N (N - 1)} \sum_i \sum_{j \ne i} \ell_{ij}.
+
+    For anchor ``i`` and positive ``j``, the negatives are the samples at least as far from
+    ``i`` in label distance as ``j`` is, so the loss orders the embedding by label.
+
+    Two kernels:
+
+    * integer ``labels`` with ``num_groups`` (the normal case, group indices): O(N^2 + N G)
+      time and memory with no loop over the batch, a fused backward that stores only (N, G)
+      tables. Labels outside ``[0, num_groups)`` are clamped into it.
+    * float ``labels`` (or integer labels without ``num_groups``): the same loss on the
+      continuous distances (Rank-N-Contrast), O(N^2 log N) via a row sort; ties are exact.
+      Labels of shape (N, L) use the L1 distance.
+
+    Args:
+        features: (N, D) backbone features (any scale; they are normalised).
+        labels: (N,) or (N, 1) group indices or real labels; (N, L) real labels.
+        num_groups: G, for integer group labels.
+        temperature: T > 0, see :data:`DEFAULT_TEMPERATURE` for the default.
+        similarity: ``"l2"`` or ``"cosine"``.
+        reduction: ``"mean"`` over all ordered pairs, ``"sum"`` of the per-anchor means, or
+            ``"none"``: the per-anchor mean over ``j``, shape (N,).
+
+    Returns:
+        A scalar, or (N,). N = 1 (no pair) gives 0, still attached to the graph. Computed in
+        at least float32.
+
+    Example:
+        >>> features = torch.randn(8, 16, requires_grad=True)
+        >>> groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> loss = group_contrastive_loss(features, groups, num_groups=4)
+        >>> loss.backward()
+        >>> features.grad.shape
+        torch.Size([8, 16])
+    """
+    z, y, num_groups = _check_contrastive_inputs(features, labels, num_groups, temperature, similarity)
+    check_reduction(reduction)
+    per_anchor = _contrast_sums(z, y, 0, z.shape[0], num_groups, similarity, temperature)
+    return reduce(per_anchor / max(z.shape[0] - 1, 1), reduction)
+
+
+def _check_contrastive_inputs(
+    features: Tensor,
+    labels: Tensor,
+    num_groups: Optional[int],
+    temperature: float,
+    similarity: str,
+) -> "tuple[Tensor, Tensor, Optional[int]]":
+    """Validate, normalise the features and shape the labels for :func:`_contrast_sums`."""
+    check_positive("temperature", temperature)
+    if similarity not in _SIMILARITIES:
+        raise ValueError(f"expected similarity in {_SIMILARITIES}, got {similarity!r}")
+    if features.dim() != 2 or not features.dtype.is_floating_point:
+        raise ValueError(
+            f"expected floating features of shape (N, D), got {tuple(features.shape)} "
+            f"{features.dtype}"
+        )
+    if labels.dim() == 0 or labels.dim() > 2 or labels.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"expected labels of shape ({features.shape[0]},) or ({features.shape[0]}, L) to "
+            f"match features {tuple(features.shape)}, got {tuple(labels.shape)}"
+        )
+    check_same_device("features", features, "labels", labels)
+    if num_groups is not None:
+        check_num_groups(num_groups)
+    work_dtype = torch.promote_types(features.dtype, torch.float32)
+    z = F.normalize(features.to(work_dtype), dim=1)
+    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
+    if integer and num_groups is not None:
+        if labels.dim() == 2 and labels.shape[1] != 1:
+            raise ValueError(f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}")
+        return z, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
+    return z, labels.reshape(labels.shape[0], -1).to(work_dtype), None
+
+
+def _contrast_sums(
+    z: Tensor,
+    y: Tensor,
+    offset: int,
+    n_anchors: int,
+    num_groups: Optional[int],
+    similarity: str,
+    temperature: float,
+) -> Tensor:
+    """Per-anchor sums of ``l_ij`` (n,) for the anchors ``z[offset : offset + n_anchors]``."""
+    with torch.autocast(z.device.type, enabled=False):
+        if num_groups is not None:
+            return _contrastive.grouped(
+                z, y, offset, n_anchors, num_groups, similarity, temperature
+            )
+        return _contrastive.continuous(z, y, offset, n_anchors, similarity, temperature)
