@@ -78,7 +78,7 @@ def _unfold_by_distance(per_level: Tensor, y: Tensor) -> Tensor:
 
 
 class _GroupContrast(torch.autograd.Function):
-    """Integer-group kernel with an analytic backward.
+    r"""Integer-group kernel with an analytic backward.
 
     Forward keeps only (n, G) tables. With ``E_i(l)`` the sum of ``e^{s_ik - m_i}`` over the
     ``k`` at distance level ``l``, ``C_i(l)`` the count of those ``k`` and ``D_i(l)`` the

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
+
+from .binning import GroupBinner
 
 __all__ = ["is_distributed", "gather_batch", "broadcast_binner", "check_binner_consistent"]
 
@@ -18,66 +19,122 @@ def is_distributed() -> bool:
 
 
 def _all_sizes(n: int, device: torch.device) -> List[int]:
+    """Every rank's ``n``, in rank order (a collective; syncs with the host)."""
     size = torch.tensor([n], device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
     return [int(s) for s in sizes]
 
 
-def _pad_rows(x: Tensor, rows: int) -> Tensor:
-    return torch.cat([x, x.new_zeros((rows - x.shape[0],) + x.shape[1:])])
+def _gather_rows(x: Tensor, sizes: List[int]) -> Tensor:
+    """All-gather ``x`` (``sizes[rank]`` rows here) into the (sum(sizes), ...) global tensor.
+
+    The collective needs equal shapes, so the rows are padded to ``max(sizes)`` and trimmed.
+    """
+    rows = max(sizes)
+    padded = torch.cat([x, x.new_zeros((rows - x.shape[0],) + x.shape[1:])]).contiguous()
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """:func:`_gather_rows` whose backward sends each rank the gradient of its own rows.
+
+    Every rank's loss may depend on every rank's rows, so the gradient of a local row is the
+    sum over ranks of their gradients for it: one ``all_reduce`` of the global gradient,
+    then this rank's slice.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, sizes: List[int]) -> Tensor:  # type: ignore[override]
+        rank = dist.get_rank()
+        ctx.lo = sum(sizes[:rank])
+        ctx.hi = ctx.lo + sizes[rank]
+        return _gather_rows(x, sizes)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+        dist.all_reduce(grad)
+        return grad[ctx.lo : ctx.hi], None
 
 
 def gather_batch(features: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor, int]:
     """All-gather features (with gradients) and labels from every rank.
 
-    Local batches may differ in size (the last batch of an epoch): sizes are exchanged first
-    and the rows padded for the collective, then trimmed. Gradients of the gathered features
-    flow back to each rank's local slice (summed over the ranks that used them).
+    A collective: call it on every rank. Local batches may differ in size (the last batch of
+    an epoch); the sizes are exchanged first. The gradient of a gathered row flows back to
+    the rank that owns it, summed over the ranks whose loss used it; under
+    ``DistributedDataParallel``, which averages, the parameters then get the gradient of the
+    rank-averaged loss.
 
     Returns:
         ``(all_features, all_labels, offset)``: the global batch in rank order and the row of
         this rank's first local sample in it.
     """
     sizes = _all_sizes(features.shape[0], features.device)
-    rows, rank = max(sizes), dist.get_rank()
-    gathered = dist_nn.all_gather(_pad_rows(features, rows))
-    label_parts = [torch.empty_like(_pad_rows(labels, rows)) for _ in sizes]
-    dist.all_gather(label_parts, _pad_rows(labels, rows))
-    all_features = torch.cat([part[:n] for part, n in zip(gathered, sizes)])
-    all_labels = torch.cat([part[:n] for part, n in zip(label_parts, sizes)])
-    return all_features, all_labels, sum(sizes[:rank])
+    all_features = _GatherWithGrad.apply(features, sizes)
+    all_labels = _gather_rows(labels.detach(), sizes)
+    return all_features, all_labels, sum(sizes[: dist.get_rank()])
 
 
-def broadcast_binner(binner: torch.nn.Module, src: int = 0) -> None:
+def _comm_device(t: Tensor) -> torch.device:
+    """NCCL only moves CUDA tensors; a CPU buffer travels through the current GPU."""
+    if dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
+def _check_num_groups_match(binner: GroupBinner) -> None:
+    groups = [s - 1 for s in _all_sizes(binner.edges.numel(), _comm_device(binner.edges))]
+    if len(set(groups)) > 1:
+        raise RuntimeError(
+            f"expected the same GroupBinner num_groups on every rank, got {groups} (in rank "
+            "order)"
+        )
+
+
+def broadcast_binner(binner: GroupBinner, src: int = 0) -> None:
     """Copy a fitted :class:`~dirloss.GroupBinner`'s edges and counts from rank ``src``.
 
-    Fit the binner on rank ``src`` only (or on every rank), then call this on every rank; a
-    no-op when not distributed.
+    Fit the binner on rank ``src`` (the others may be unfitted), then call this on every
+    rank: a collective. A no-op when not distributed.
+
+    Raises:
+        RuntimeError: on every rank, if the ranks' ``num_groups`` differ or rank ``src``'s
+            binner is not fitted.
     """
     if not is_distributed():
         return
-    for buffer in (binner.edges, binner.counts, binner.centers):
+    _check_num_groups_match(binner)
+    state = {k: v.to(_comm_device(v), copy=True) for k, v in binner.state_dict().items()}
+    for buffer in state.values():
         dist.broadcast(buffer, src)
-    binner._fitted = bool(torch.isfinite(binner.edges).all())
+    if not torch.isfinite(state["edges"]).all():
+        raise RuntimeError(
+            f"expected a fitted GroupBinner on rank {src}, got one without edges: call "
+            f"binner.fit(train_labels) on rank {src} before broadcast_binner"
+        )
+    binner.load_state_dict(state)  # copies back to the binner's device, marks it fitted
 
 
-def check_binner_consistent(binner: torch.nn.Module) -> None:
+def check_binner_consistent(binner: GroupBinner) -> None:
     """Raise a RuntimeError naming the ranks whose edges differ from rank 0's.
 
-    A collective: call it on every rank. A no-op when not distributed.
+    A collective: call it on every rank; every rank raises. A no-op when not distributed.
     """
     if not is_distributed():
         return
-    edges = binner.edges.detach().clone()
+    _check_num_groups_match(binner)
+    edges = binner.edges.detach().to(_comm_device(binner.edges), copy=True)
     reference = edges.clone()
     dist.broadcast(reference, 0)
-    differs = torch.tensor(
-        [0.0 if torch.equal(edges, reference) else 1.0], device=edges.device
-    )
+    same = (edges == reference) | (edges.isnan() & reference.isnan())
+    differs = (~same).any().to(torch.int64).reshape(1)
     flags = [torch.zeros_like(differs) for _ in range(dist.get_world_size())]
     dist.all_gather(flags, differs)
-    bad = [rank for rank, flag in enumerate(flags) if flag.item()]
+    bad = [rank for rank, flag in enumerate(flags) if int(flag)]
     if bad:
         raise RuntimeError(
             f"GroupBinner edges differ across ranks: expected every rank to match rank 0, "
