@@ -103,61 +103,93 @@ class _GroupContrast(torch.autograd.Function):
         num_groups: int,
         kind: str,
         temperature: float,
+        chunk_size: Optional[int],
     ) -> Tensor:
         # The anchors are a slice of the contrast set, passed once (compile needs distinct
         # inputs); their gradient is folded back into that slice in backward.
-        z_a, y_a = z_c[offset : offset + n_anchors], y_c[offset : offset + n_anchors]
-        s = similarity(z_a, z_c, kind, temperature)
-        s_sum = s.sum(dim=1) - _self_diagonal(s, offset)
-        e, m = _shifted_exp(s, offset)
-        # Sum e over each group of the contrast set, then fold groups into distance levels.
-        per_group = e.new_zeros(e.shape[0], num_groups)
-        per_group.scatter_add_(1, y_c.expand_as(e), e)
-        del e, s
-        exp_by_level = _fold_by_distance(per_group, y_a)
         hist = torch.zeros(num_groups, dtype=z_c.dtype, device=z_c.device)
         hist.scatter_add_(0, y_c, torch.ones_like(y_c, dtype=z_c.dtype))
-        count = _fold_by_distance(hist, y_a)
-        count[:, 0] -= 1.0  # the anchor itself
-        denom = exp_by_level.flip(1).cumsum(1).flip(1)
-        log_denom = denom.clamp_min(torch.finfo(denom.dtype).tiny).log()
-        n_pairs = z_c.shape[0] - 1
-        loss = -s_sum + n_pairs * m + (count * log_denom).sum(dim=1)
+        chunks = _chunks(offset, n_anchors, chunk_size)
+        parts = [_forward_rows(z_c, y_c, hist, lo, hi, kind, temperature) for lo, hi in chunks]
+        loss, m, count, denom = (torch.cat(part) for part in zip(*parts))
         ctx.save_for_backward(z_c, y_c, m, count, denom)
-        ctx.offset, ctx.kind, ctx.temperature = offset, kind, temperature
+        ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
         z_c, y_c, m, count, denom = ctx.saved_tensors
-        lo, hi = ctx.offset, ctx.offset + grad.shape[0]
-        z_a, y_a = z_c[lo:hi], y_c[lo:hi]
         ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
-        a_by_group = _unfold_by_distance(ratio.cumsum(1), y_a)
-        s = similarity(z_a, z_c, ctx.kind, ctx.temperature)
-        dist = None if ctx.kind == "cosine" else s.mul(-ctx.temperature)
-        e, _ = _shifted_exp(s, ctx.offset)
-        # dL/ds_ik = grad_i * (e_ik * A_i(d_ik) - 1) for k != i, computed in place in e.
-        g = e.mul_(a_by_group.gather(1, y_c.expand_as(e))).sub_(1.0)
-        _self_diagonal(g, ctx.offset).zero_()
-        g.mul_(grad[:, None])
-        if dist is None:
-            g.div_(ctx.temperature)
-        else:
-            # s = -sqrt(2 - 2<a, c>) / T  =>  ds/d<a, c> = 1 / (T * dist); zero where clamped.
-            floor = torch.finfo(dist.dtype).eps ** 0.5
-            g.div_(dist.mul_(ctx.temperature)).masked_fill_(dist <= floor * ctx.temperature, 0.0)
-        grad_c = g.T @ z_a
-        grad_c[lo:hi] += g @ z_c
-        return grad_c, None, None, None, None, None, None
+        prefix = ratio.cumsum(1)
+        grad_c = torch.zeros_like(z_c)
+        for lo, hi in ctx.chunks:
+            rows = slice(lo - ctx.offset, hi - ctx.offset)
+            g = _grad_rows(
+                z_c, y_c, prefix[rows], m[rows], grad[rows], lo, hi, ctx.kind, ctx.temperature
+            )
+            grad_c.addmm_(g.T, z_c[lo:hi])
+            grad_c[lo:hi].addmm_(g, z_c)
+        return grad_c, None, None, None, None, None, None, None
+
+
+def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tuple[int, int]]":
+    """Row ranges ``[lo, hi)`` of the contrast set covering the anchors, ``chunk_size`` each."""
+    step = n_anchors if chunk_size is None else chunk_size
+    end = offset + n_anchors
+    return [(lo, min(lo + step, end)) for lo in range(offset, end, max(step, 1))] or [(end, end)]
+
+
+def _forward_rows(
+    z_c: Tensor, y_c: Tensor, hist: Tensor, lo: int, hi: int, kind: str, temperature: float
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Loss sums, row max, counts and denominators for the anchors ``lo..hi-1``."""
+    y_a = y_c[lo:hi]
+    s = similarity(z_c[lo:hi], z_c, kind, temperature)
+    s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
+    e, m = _shifted_exp(s, lo)
+    # Sum e over each group of the contrast set, then fold groups into distance levels.
+    per_group = e.new_zeros(e.shape[0], hist.shape[0])
+    per_group.scatter_add_(1, y_c.expand_as(e), e)
+    del e, s
+    denom = _fold_by_distance(per_group, y_a).flip(1).cumsum(1).flip(1)
+    count = _fold_by_distance(hist, y_a)
+    count[:, 0] -= 1.0  # the anchor itself
+    log_denom = denom.clamp_min(torch.finfo(denom.dtype).tiny).log()
+    loss = -s_sum + (z_c.shape[0] - 1) * m + (count * log_denom).sum(dim=1)
+    return loss, m, count, denom
+
+
+def _grad_rows(
+    z_c: Tensor, y_c: Tensor, prefix: Tensor, m: Tensor, grad: Tensor, lo: int, hi: int,
+    kind: str, temperature: float,
+) -> Tensor:
+    """dL/d<z_a_i, z_c_k> for the anchors ``lo..hi-1``, (hi - lo, N)."""
+    a_by_group = _unfold_by_distance(prefix, y_c[lo:hi])
+    s = similarity(z_c[lo:hi], z_c, kind, temperature)
+    dist = None if kind == "cosine" else s.mul(-temperature)
+    e = s.sub_(m[:, None]).exp_()
+    # dL/ds_ik = grad_i * (e_ik * A_i(d_ik) - 1) for k != i, computed in place in e.
+    g = e.mul_(a_by_group.gather(1, y_c.expand_as(e))).sub_(1.0)
+    _self_diagonal(g, lo).zero_()
+    g.mul_(grad[:, None])
+    if dist is None:
+        return g.div_(temperature)
+    # s = -sqrt(2 - 2<a, c>) / T  =>  ds/d<a, c> = 1 / (T * dist); zero where clamped.
+    floor = torch.finfo(dist.dtype).eps ** 0.5
+    return g.div_(dist.mul_(temperature)).masked_fill_(dist <= floor * temperature, 0.0)
 
 
 def grouped(
     z_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, num_groups: int, kind: str,
-    temperature: float,
+    temperature: float, chunk_size: Optional[int] = None,
 ) -> Tensor:
-    """Per-anchor loss sums for integer groups in ``[0, num_groups)``, O(nN + nG)."""
-    out = _GroupContrast.apply(z_c, y_c, offset, n_anchors, num_groups, kind, temperature)
+    """Per-anchor loss sums for integer groups in ``[0, num_groups)``, O(nN + nG).
+
+    ``chunk_size`` processes the anchors in row blocks: peak memory O(chunk_size * N).
+    """
+    out = _GroupContrast.apply(
+        z_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size
+    )
     return out  # type: ignore[no-any-return]
 
 

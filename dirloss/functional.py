@@ -197,6 +197,7 @@ def group_contrastive_loss(
     temperature: float = DEFAULT_TEMPERATURE,
     similarity: str = "l2",
     reduction: str = "mean",
+    chunk_size: Optional[int] = None,
 ) -> Tensor:
     r"""Group-aware ordinal contrastive loss (L_grc; Rank-N-Contrast applied to groups).
 
@@ -228,6 +229,9 @@ def group_contrastive_loss(
         similarity: ``"l2"`` or ``"cosine"``.
         reduction: ``"mean"`` over all ordered pairs, ``"sum"`` of the per-anchor means, or
             ``"none"``: the per-anchor mean over ``j``, shape (N,).
+        chunk_size: process the anchors in blocks of this many rows, so the peak extra
+            memory is O(chunk_size * N) instead of O(N^2) (same loss and gradients). Integer
+            group labels only.
 
     Returns:
         A scalar, or (N,). N = 1 (no pair) gives 0, still attached to the graph. Computed in
@@ -241,9 +245,13 @@ def group_contrastive_loss(
         >>> features.grad.shape
         torch.Size([8, 16])
     """
-    z, y, num_groups = _check_contrastive_inputs(features, labels, num_groups, temperature, similarity)
+    z, y, num_groups = _check_contrastive_inputs(
+        features, labels, num_groups, temperature, similarity, chunk_size
+    )
     check_reduction(reduction)
-    per_anchor = _contrast_sums(z, y, 0, z.shape[0], num_groups, similarity, temperature)
+    per_anchor = _contrast_sums(
+        z, y, 0, z.shape[0], num_groups, similarity, temperature, chunk_size
+    )
     return reduce(per_anchor / max(z.shape[0] - 1, 1), reduction)
 
 
@@ -253,6 +261,7 @@ def _check_contrastive_inputs(
     num_groups: Optional[int],
     temperature: float,
     similarity: str,
+    chunk_size: Optional[int] = None,
 ) -> "tuple[Tensor, Tensor, Optional[int]]":
     """Validate, normalise the features and shape the labels for :func:`_contrast_sums`."""
     check_positive("temperature", temperature)
@@ -271,6 +280,9 @@ def _check_contrastive_inputs(
     check_same_device("features", features, "labels", labels)
     if num_groups is not None:
         check_num_groups(num_groups)
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"expected chunk_size to be a positive int or None, got {chunk_size!r}")
     work_dtype = torch.promote_types(features.dtype, torch.float32)
     z = F.normalize(features.to(work_dtype), dim=1)
     integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
@@ -278,6 +290,11 @@ def _check_contrastive_inputs(
         if labels.dim() == 2 and labels.shape[1] != 1:
             raise ValueError(f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}")
         return z, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
+    if chunk_size is not None:
+        raise ValueError(
+            "expected integer group labels with num_groups when chunk_size is set (only the "
+            f"fused group kernel is chunked), got {labels.dtype} labels, num_groups={num_groups}"
+        )
     return z, labels.reshape(labels.shape[0], -1).to(work_dtype), None
 
 
@@ -289,11 +306,12 @@ def _contrast_sums(
     num_groups: Optional[int],
     similarity: str,
     temperature: float,
+    chunk_size: Optional[int] = None,
 ) -> Tensor:
     """Per-anchor sums of ``l_ij`` (n,) for the anchors ``z[offset : offset + n_anchors]``."""
     with torch.autocast(z.device.type, enabled=False):
         if num_groups is not None:
             return _contrastive.grouped(
-                z, y, offset, n_anchors, num_groups, similarity, temperature
+                z, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size
             )
         return _contrastive.continuous(z, y, offset, n_anchors, similarity, temperature)

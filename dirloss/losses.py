@@ -104,6 +104,8 @@ class GroupContrastiveLoss(nn.Module):
             with gradients, unequal local batch sizes allowed). Without an initialised
             process group it behaves as if unset.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the (local) anchors.
+        chunk_size: anchors per block of the fused kernel (peak memory O(chunk_size * N));
+            integer group labels only.
 
     Shape:
         - features: (N, D); labels: (N,) or (N, 1) (or (N, L) real labels).
@@ -123,29 +125,33 @@ class GroupContrastiveLoss(nn.Module):
         similarity: str = "l2",
         gather_distributed: bool = False,
         reduction: str = "mean",
+        chunk_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
         # Validate the hyper-parameters now rather than at the first forward.
         DF._check_contrastive_inputs(
-            torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), num_groups, temperature, similarity
+            torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), num_groups, temperature,
+            similarity, chunk_size,
         )
         self.num_groups, self.temperature, self.similarity = num_groups, temperature, similarity
         self.gather_distributed, self.reduction = gather_distributed, reduction
+        self.chunk_size = chunk_size
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         if not (self.gather_distributed and is_distributed()):
             return DF.group_contrastive_loss(
                 features, labels, num_groups=self.num_groups, temperature=self.temperature,
-                similarity=self.similarity, reduction=self.reduction,
+                similarity=self.similarity, reduction=self.reduction, chunk_size=self.chunk_size,
             )
         all_features, all_labels, offset = gather_batch(features, labels)
         z_c, y_c, num_groups = DF._check_contrastive_inputs(
-            all_features, all_labels, self.num_groups, self.temperature, self.similarity
+            all_features, all_labels, self.num_groups, self.temperature, self.similarity,
+            self.chunk_size,
         )
         n = features.shape[0]
         per_anchor = DF._contrast_sums(
-            z_c, y_c, offset, n, num_groups, self.similarity, self.temperature
+            z_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size
         )
         return reduce(per_anchor / max(z_c.shape[0] - 1, 1), self.reduction)
 

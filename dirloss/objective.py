@@ -48,7 +48,8 @@ class GroupDIRLoss(nn.Module):
 
     Args:
         binner: a fitted :class:`GroupBinner` (a submodule: it moves and saves with the loss).
-        temperature, similarity, gather_distributed: of the contrastive term.
+        temperature, similarity, gather_distributed, chunk_size: of the contrastive term
+            (see :class:`GroupContrastiveLoss`).
         lambda_grc, lambda_mse, lambda_soft: term weights (>= 0).
         scale, step, tau: of the soft-label term (``tau`` > 0 turns on logit adjustment with
             the binner's group counts).
@@ -85,6 +86,7 @@ class GroupDIRLoss(nn.Module):
         step: int = 1,
         tau: float = 0.0,
         gather_distributed: bool = False,
+        chunk_size: Optional[int] = None,
         validate: bool = False,
     ) -> None:
         super().__init__()
@@ -99,7 +101,7 @@ class GroupDIRLoss(nn.Module):
         self.validate = validate
         self.contrastive = GroupContrastiveLoss(
             num_groups=binner.num_groups, temperature=temperature, similarity=similarity,
-            gather_distributed=gather_distributed,
+            gather_distributed=gather_distributed, chunk_size=chunk_size,
         )
         self.soft_label = DescendingSoftLabelLoss(
             binner.num_groups, scale=scale, step=step, group_counts=binner.counts, tau=tau
