@@ -110,22 +110,35 @@ class _GroupContrast(torch.autograd.Function):
         hist = torch.zeros(num_groups, dtype=z_c.dtype, device=z_c.device)
         hist.scatter_add_(0, y_c, torch.ones_like(y_c, dtype=z_c.dtype))
         chunks = _chunks(offset, n_anchors, chunk_size)
-        parts = [_forward_rows(z_c, y_c, hist, lo, hi, kind, temperature) for lo, hi in chunks]
-        loss, m, count, denom = (torch.cat(part) for part in zip(*parts))
-        ctx.save_for_backward(z_c, y_c, m, count, denom)
+        parts = [
+            _forward_rows(z_c, y_c, hist, lo, hi, kind, temperature, keep=chunk_size is None)
+            for lo, hi in chunks
+        ]
+        loss, m, count, denom, s = (torch.cat(part) for part in zip(*parts))
+        # Unchunked, the (n, N) similarities are kept: backward then needs no second matmul.
+        # Chunked, only (n, G) tables are kept and each block is recomputed.
+        ctx.save_for_backward(z_c, y_c, m, count, denom, s)
         ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        z_c, y_c, m, count, denom = ctx.saved_tensors
+        z_c, y_c, m, count, denom, saved = ctx.saved_tensors
         ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
         prefix = ratio.cumsum(1)
+        if saved.numel() and ctx.offset == 0 and grad.shape[0] == z_c.shape[0]:
+            # Anchors = contrast set: d<z_i, z_k> enters twice, so fold g into g + g^T.
+            g = _grad_rows(saved, y_c, y_c, prefix, m, grad, 0, ctx.kind, ctx.temperature)
+            return (g + g.T) @ z_c, None, None, None, None, None, None, None
         grad_c = torch.zeros_like(z_c)
         for lo, hi in ctx.chunks:
             rows = slice(lo - ctx.offset, hi - ctx.offset)
+            s = saved[rows] if saved.numel() else similarity(
+                z_c[lo:hi], z_c, ctx.kind, ctx.temperature
+            )
             g = _grad_rows(
-                z_c, y_c, prefix[rows], m[rows], grad[rows], lo, hi, ctx.kind, ctx.temperature
+                s, y_c, y_c[lo:hi], prefix[rows], m[rows], grad[rows], lo, ctx.kind,
+                ctx.temperature,
             )
             grad_c.addmm_(g.T, z_c[lo:hi])
             grad_c[lo:hi].addmm_(g, z_c)
@@ -140,43 +153,43 @@ def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tup
 
 
 def _forward_rows(
-    z_c: Tensor, y_c: Tensor, hist: Tensor, lo: int, hi: int, kind: str, temperature: float
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Loss sums, row max, counts and denominators for the anchors ``lo..hi-1``."""
+    z_c: Tensor, y_c: Tensor, hist: Tensor, lo: int, hi: int, kind: str, temperature: float,
+    keep: bool,
+) -> Tuple[Tensor, ...]:
+    """Loss sums, row max, counts, denominators (and the similarities if ``keep``) for the
+    anchors ``lo..hi-1``."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
     s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
-    e, m = _shifted_exp(s, lo)
+    e, m = _shifted_exp(s.clone() if keep else s, lo)
     # Sum e over each group of the contrast set, then fold groups into distance levels.
     per_group = e.new_zeros(e.shape[0], hist.shape[0])
     per_group.scatter_add_(1, y_c.expand_as(e), e)
-    del e, s
+    del e
     denom = _fold_by_distance(per_group, y_a).flip(1).cumsum(1).flip(1)
     count = _fold_by_distance(hist, y_a)
     count[:, 0] -= 1.0  # the anchor itself
     log_denom = denom.clamp_min(torch.finfo(denom.dtype).tiny).log()
     loss = -s_sum + (z_c.shape[0] - 1) * m + (count * log_denom).sum(dim=1)
-    return loss, m, count, denom
+    return loss, m, count, denom, s if keep else s.new_zeros(0, s.shape[1])
 
 
 def _grad_rows(
-    z_c: Tensor, y_c: Tensor, prefix: Tensor, m: Tensor, grad: Tensor, lo: int, hi: int,
+    s: Tensor, y_c: Tensor, y_a: Tensor, prefix: Tensor, m: Tensor, grad: Tensor, lo: int,
     kind: str, temperature: float,
 ) -> Tensor:
-    """dL/d<z_a_i, z_c_k> for the anchors ``lo..hi-1``, (hi - lo, N)."""
-    a_by_group = _unfold_by_distance(prefix, y_c[lo:hi])
-    s = similarity(z_c[lo:hi], z_c, kind, temperature)
-    dist = None if kind == "cosine" else s.mul(-temperature)
-    e = s.sub_(m[:, None]).exp_()
-    # dL/ds_ik = grad_i * (e_ik * A_i(d_ik) - 1) for k != i, computed in place in e.
-    g = e.mul_(a_by_group.gather(1, y_c.expand_as(e))).sub_(1.0)
+    """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified)."""
+    a_by_group = _unfold_by_distance(prefix, y_a)
+    # dL/ds_ik = grad_i * (e_ik * A_i(d_ik) - 1) for k != i, built in one new buffer.
+    g = (s - m[:, None]).exp_().mul_(a_by_group.gather(1, y_c.expand_as(s))).sub_(1.0)
     _self_diagonal(g, lo).zero_()
     g.mul_(grad[:, None])
-    if dist is None:
+    if kind == "cosine":
         return g.div_(temperature)
-    # s = -sqrt(2 - 2<a, c>) / T  =>  ds/d<a, c> = 1 / (T * dist); zero where clamped.
-    floor = torch.finfo(dist.dtype).eps ** 0.5
-    return g.div_(dist.mul_(temperature)).masked_fill_(dist <= floor * temperature, 0.0)
+    # s = -dist / T with dist = sqrt(2 - 2<a, c>)  =>  ds/d<a, c> = 1 / (T dist) = -1 / (T^2 s),
+    # and 0 where the squared distance was clamped at eps (s = -sqrt(eps) / T).
+    clamped = -(torch.finfo(s.dtype).eps ** 0.5) / temperature
+    return g.div_(s).mul_(-1.0 / temperature**2).masked_fill_(s >= clamped, 0.0)
 
 
 def grouped(

@@ -1,0 +1,377 @@
+"""Speed and memory of the dirloss ops against the research-code baselines and the floor.
+
+Times forward + backward (median and inter-quartile range over repeats, after warm-up) and
+measures peak extra memory in a fresh subprocess (CPU: the process's peak RSS above the
+set-up, reset through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated).
+
+    python benchmarks/bench_ops.py                    # full CPU run (~20 min on 2 cores)
+    python benchmarks/bench_ops.py --quick            # CI smoke run
+    python benchmarks/bench_ops.py --device cuda
+
+Writes benchmarks/results/ops-<device>.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_ops import rnc_column_loop, soft_label_loop  # noqa: E402
+
+from dirloss import DescendingSoftLabelLoss, GroupBinner, GroupDIRLoss, MultiExpertHead  # noqa: E402
+from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the bench extra brings tqdm; run without a bar otherwise
+    def tqdm(iterable, **_):  # type: ignore[no-redef]
+        return iterable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NUM_GROUPS = 10
+LOOP_BUDGET_S = 60.0  # skip the O(n^3) loop where one forward+backward would exceed this
+
+
+# ---------------------------------------------------------------------------- the cases
+def contrastive_step(impl: str, n: int, d: int, device: str, chunk: int = 0) -> Callable[[], None]:
+    """Forward + backward of one contrastive variant on fresh random features."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(n, d, generator=gen).to(device).requires_grad_()
+    groups = torch.randint(0, NUM_GROUPS, (n,), generator=gen).to(device)
+
+    def floor() -> Tensor:
+        z = F.normalize(features, dim=1)
+        eps = torch.finfo(z.dtype).eps
+        return (2 - 2 * z @ z.T).clamp_min(eps).sqrt().sum()
+
+    def ours() -> Tensor:
+        return group_contrastive_loss(
+            features, groups, num_groups=NUM_GROUPS, chunk_size=chunk or None
+        )
+
+    def loop() -> Tensor:
+        return rnc_column_loop(features, groups, DEFAULT_TEMPERATURE)
+
+    fn = {"floor": floor, "dirloss": ours, "rnc-loop": loop}[impl.replace("+compile", "")]
+    if impl.endswith("+compile"):
+        fn = torch.compile(fn, fullgraph=True)
+
+    def step() -> None:
+        features.grad = None
+        fn().backward()
+
+    return step
+
+
+def soft_label_step(impl: str, n: int, device: str) -> Callable[[], None]:
+    logits = torch.randn(n, NUM_GROUPS, device=device, requires_grad=True)
+    groups = torch.randint(0, NUM_GROUPS, (n,), device=device)
+    module = DescendingSoftLabelLoss(NUM_GROUPS).to(device)
+
+    def step() -> None:
+        logits.grad = None
+        loss = module(logits, groups) if impl == "dirloss" else soft_label_loop(
+            logits, groups, NUM_GROUPS
+        )
+        loss.backward()
+
+    return step
+
+
+def head_step(impl: str, n: int, d: int, device: str) -> Callable[[], None]:
+    features = torch.randn(n, d, device=device, requires_grad=True)
+    groups = torch.randint(0, NUM_GROUPS, (n,), device=device)
+    linear = nn.Linear(d, 1).to(device)
+    head = MultiExpertHead(d, NUM_GROUPS).to(device)
+
+    def step() -> None:
+        features.grad = None
+        out = linear(features) if impl == "linear" else head(features, groups).prediction
+        out.sum().backward()
+
+    return step
+
+
+class SmallResNet(nn.Module):
+    """A small ResNet-style image regressor: stem, three residual stages, pooled 128-d feature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.stages = nn.ModuleList([self._block(32, 32), self._block(32, 64), self._block(64, 128)])
+        self.skips = nn.ModuleList([nn.Identity(), nn.Conv2d(32, 64, 1, 2), nn.Conv2d(64, 128, 1, 2)])
+
+    @staticmethod
+    def _block(cin: int, cout: int) -> nn.Sequential:
+        stride = 1 if cin == cout else 2
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block, skip in zip(self.stages, self.skips):
+            x = F.relu(block(x) + skip(x))
+        return x.mean(dim=(2, 3))
+
+
+def train_step(impl: str, model: str, device: str) -> Callable[[], None]:
+    """One optimiser step: MSE + Linear head, or the full Group-DIR objective + experts."""
+    torch.manual_seed(0)
+    batch = 256
+    if model == "cnn":
+        backbone: nn.Module = SmallResNet()
+        x, width = torch.randn(batch, 1, 64, 64), 128
+    else:
+        backbone = nn.Sequential(nn.Linear(384, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU())
+        x, width = torch.randn(batch, 384), 128
+    y = torch.rand(batch)
+    binner = GroupBinner(NUM_GROUPS, low=0.0, high=1.0).fit(y)
+    group_dir = impl.startswith("group-dir")
+    head: nn.Module = MultiExpertHead(width, NUM_GROUPS) if group_dir else nn.Linear(width, 1)
+    criterion = GroupDIRLoss(binner)
+    backbone, head, criterion = backbone.to(device), head.to(device), criterion.to(device)
+    x, y = x.to(device), y.to(device)
+    params = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=1e-3)
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        features = backbone(x)
+        if group_dir:
+            return criterion(head(features, binner(y)), features, y).loss
+        return F.mse_loss(head(features)[:, 0], y)
+
+    if impl.endswith("+compile"):
+        loss_fn = torch.compile(loss_fn, fullgraph=True)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(x, y).backward()
+        optimizer.step()
+
+    return step
+
+
+def make_step(case: Dict) -> Callable[[], None]:
+    kind, device = case["op"], case["device"]
+    if kind == "contrastive":
+        return contrastive_step(case["impl"], case["n"], case["d"], device, case.get("chunk", 0))
+    if kind == "soft_label":
+        return soft_label_step(case["impl"], case["n"], device)
+    if kind == "head":
+        return head_step(case["impl"], case["n"], case["d"], device)
+    return train_step(case["impl"], case["model"], device)
+
+
+# ---------------------------------------------------------------------------- measuring
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_case(case: Dict, warmup: int, reps: int) -> Dict[str, float]:
+    step = make_step(case)
+    for _ in range(warmup):
+        step()
+    _sync(case["device"])
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        _sync(case["device"])
+        times.append(time.perf_counter() - start)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_ms": 1e3 * statistics.median(times), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]}
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory_here(case: Dict) -> float:
+    """Peak extra memory (MB) of one step, measured in this (fresh) process."""
+    step = make_step(case)
+    if case["device"] == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    step()  # first call allocates caches and lazy state; measure the second
+    base = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    step()
+    return (_rss_kib("VmHWM") - base) / 1024
+
+
+def measure_memory(case: Dict) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-case", json.dumps(case)],
+        capture_output=True, text=True, check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- the plan
+def plan(quick: bool, device: str) -> List[Dict]:
+    sizes = [64, 256] if quick else [64, 256, 1024, 2048, 4096]
+    dims = [128] if quick else [128, 512]
+    impls = ["dirloss", "floor", "rnc-loop"] + ([] if quick else ["dirloss+compile", "floor+compile"])
+    cases = [
+        {"op": "contrastive", "impl": impl, "n": n, "d": d, "device": device}
+        for d in dims for n in sizes for impl in impls
+    ]
+    if not quick:
+        cases.append({"op": "contrastive", "impl": "dirloss", "n": 16384, "d": 128,
+                      "device": device, "chunk": 1024, "memory_only": True})
+    cases += [{"op": "soft_label", "impl": impl, "n": n, "device": device}
+              for n in ([256] if quick else [256, 4096]) for impl in ("dirloss", "loop")]
+    cases += [{"op": "head", "impl": impl, "n": n, "d": 512, "device": device}
+              for n in ([256] if quick else [256, 4096]) for impl in ("linear", "multi-expert")]
+    models = ["mlp"] if quick else ["mlp", "cnn"]
+    variants = ["mse", "group-dir"] + ([] if quick else ["mse+compile", "group-dir+compile"])
+    cases += [{"op": "train_step", "impl": v, "model": m, "device": device}
+              for m in models for v in variants]
+    return cases
+
+
+def loop_too_slow(case: Dict, timed: Dict[tuple, Dict]) -> bool:
+    """Extrapolate the O(n^3) loop from the largest timed size; skip beyond the budget."""
+    done = [(n, r["median_ms"]) for (op, impl, n, d), r in timed.items()
+            if impl == "rnc-loop" and d == case["d"]]
+    if not done:
+        return False
+    n0, ms = max(done)
+    return ms / 1e3 * (case["n"] / n0) ** 3 > LOOP_BUDGET_S
+
+
+def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
+    rows, timed = [], {}
+    for case in tqdm(cases, desc="cases"):
+        row = dict(case)
+        if case["op"] == "contrastive" and case["impl"] == "rnc-loop" and loop_too_slow(case, timed):
+            row["skipped"] = f"loop extrapolated over {LOOP_BUDGET_S:.0f} s per step"
+            rows.append(row)
+            continue
+        if not case.get("memory_only"):
+            big = case.get("n", 0) >= 2048 or case["op"] == "train_step"
+            warmup, reps = (1, 3) if quick else ((2, 5) if big else (3, 15))
+            if case["impl"].endswith("+compile"):
+                warmup += 2
+            row.update(time_case(case, warmup, reps))
+            timed[(case["op"], case["impl"], case.get("n"), case.get("d"))] = row
+        if memory and case["op"] in ("contrastive", "train_step") and case["impl"] != "rnc-loop":
+            row["peak_extra_mb"] = measure_memory(case)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- reporting
+def _fmt(row: Dict) -> str:
+    if "skipped" in row:
+        return "skipped"
+    if "median_ms" not in row:
+        return "-"
+    return f"{row['median_ms']:.2f} ({row['q1_ms']:.2f}-{row['q3_ms']:.2f})"
+
+
+def tables(rows: List[Dict]) -> str:
+    out = []
+    contrast = [r for r in rows if r["op"] == "contrastive" and not r.get("memory_only")]
+    impls = sorted({r["impl"] for r in contrast}, key=["dirloss", "floor", "rnc-loop",
+                   "dirloss+compile", "floor+compile"].index)
+    out.append("### GroupContrastiveLoss forward+backward, ms: median (IQR)\n")
+    out.append("| D | N | " + " | ".join(impls) + " | vs floor | vs loop | compiled vs floor | peak MB (ours / floor) |")
+    out.append("|---" * (len(impls) + 6) + "|")
+    keyed = {(r["impl"], r["n"], r["d"]): r for r in contrast}
+    for d, n in sorted({(r["d"], r["n"]) for r in contrast}):
+        get = lambda impl: keyed.get((impl, n, d), {})  # noqa: E731
+        ours, floor, loop = get("dirloss"), get("floor"), get("rnc-loop")
+        ratio = lambda a, b: f"{a['median_ms'] / b['median_ms']:.2f}x" if "median_ms" in a and "median_ms" in b else "-"  # noqa: E731
+        speedup = f"{loop['median_ms'] / ours['median_ms']:.0f}x" if "median_ms" in loop else "-"
+        mem = f"{ours.get('peak_extra_mb', float('nan')):.0f} / {floor.get('peak_extra_mb', float('nan')):.0f}"
+        out.append(f"| {d} | {n} | " + " | ".join(_fmt(get(i)) for i in impls)
+                   + f" | {ratio(ours, floor)} | {speedup} | {ratio(get('dirloss+compile'), get('floor+compile'))} | {mem} |")
+    for r in rows:
+        if r.get("memory_only"):
+            out.append(f"\nChunked (chunk_size={r['chunk']}) N={r['n']}, D={r['d']}: peak extra "
+                       f"memory {r.get('peak_extra_mb', float('nan')):.0f} MB")
+    for op, title in (("soft_label", "DescendingSoftLabelLoss vs per-sample loop"),
+                      ("head", "MultiExpertHead vs nn.Linear(512, 1)"),
+                      ("train_step", "One training step (batch 256)")):
+        part = [r for r in rows if r["op"] == op]
+        out.append(f"\n### {title}, ms: median (IQR)\n")
+        out.append("| case | impl | time | ratio to first | peak MB |")
+        out.append("|---|---|---|---|---|")
+        groups: Dict[str, List[Dict]] = {}
+        for r in part:
+            key = r.get("model") or f"N={r['n']}"
+            groups.setdefault(key + (" compiled" if r["impl"].endswith("+compile") else ""), []).append(r)
+        for key, members in groups.items():
+            base = members[0]["median_ms"]
+            for r in members:
+                mem = f"{r['peak_extra_mb']:.0f}" if "peak_extra_mb" in r else "-"
+                out.append(f"| {key} | {r['impl']} | {_fmt(r)} | {r['median_ms'] / base:.3f}x | {mem} |")
+    return "\n".join(out)
+
+
+def machine() -> Dict[str, str]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "threads": str(torch.get_num_threads()), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/ops-<device>.json)")
+    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_case:
+        print(measure_memory_here(json.loads(args.memory_case)))
+        return
+    start = time.perf_counter()
+    rows = run(plan(args.quick, args.device), args.quick, memory=not args.no_memory)
+    report = tables(rows)
+    print(report)
+    out = args.out or RESULTS / f"ops-{args.device}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/bench_ops.py " + " ".join(sys.argv[1:])
+    out.write_text(json.dumps({"machine": machine(), "command": command.strip(),
+                               "wall_s": time.perf_counter() - start, "rows": rows}, indent=1))
+    print(f"\nwrote {out} in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
