@@ -103,7 +103,10 @@ class GroupContrastiveLoss(nn.Module):
             contrast each local anchor against the whole global batch (features gathered
             with gradients, unequal local batch sizes allowed). Without an initialised
             process group it behaves as if unset.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the (local) anchors.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the (local) anchors. Under DDP
+            with unequal local batch sizes, ``"mean"`` weights the ranks unequally; for the
+            exact global mean use ``"sum"`` divided by the global batch size (times the world
+            size, to undo DDP's gradient averaging).
         chunk_size: anchors per block of the fused kernel (peak memory O(chunk_size * N));
             integer group labels only.
 
@@ -144,6 +147,11 @@ class GroupContrastiveLoss(nn.Module):
                 features, labels, num_groups=self.num_groups, temperature=self.temperature,
                 similarity=self.similarity, reduction=self.reduction, chunk_size=self.chunk_size,
             )
+        # Check the local batch first: a bad one must fail here, not leave the other ranks
+        # waiting in the collective.
+        DF._check_contrastive_inputs(
+            features, labels, self.num_groups, self.temperature, self.similarity, self.chunk_size
+        )
         all_features, all_labels, offset = gather_batch(features, labels)
         z_c, y_c, num_groups = DF._check_contrastive_inputs(
             all_features, all_labels, self.num_groups, self.temperature, self.similarity,

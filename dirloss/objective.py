@@ -131,7 +131,8 @@ class GroupDIRLoss(nn.Module):
             grc = self.contrastive(features, groups)
         if self.lambda_mse:
             pred = select_expert(experts, groups)
-            mse = F.mse_loss(pred.float(), target.float())
+            work = torch.promote_types(pred.dtype, torch.float32)  # fp32 under autocast
+            mse = F.mse_loss(pred.to(work), target.to(work))
         if self.lambda_soft:
             soft = self.soft_label(output.logits, groups)
         loss = self.lambda_grc * grc + self.lambda_mse * mse + self.lambda_soft * soft
