@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -42,33 +43,24 @@ def _self_diagonal(x: Tensor, offset: int) -> Tensor:
     return x.diagonal(offset=offset)
 
 
-def _shifted_exp(s: Tensor, offset: int) -> Tuple[Tensor, Tensor]:
-    """``exp(s - m)`` in place with ``m`` the row max over ``k != i``; the self entry is 0.
-
-    Subtracting the max keeps the largest term at 1, so no row underflows to an all-zero
-    denominator; a row with no partner (N = 1) gets ``m = 0`` instead of ``-inf``.
-    """
-    _self_diagonal(s, offset).fill_(float("-inf"))
-    m = s.amax(dim=1).nan_to_num(neginf=0.0)
-    return s.sub_(m[:, None]).exp_(), m
-
-
-def _fold_by_distance(per_group: Tensor, y: Tensor) -> Tensor:
-    r"""Turn per-group sums into per-distance sums for each anchor.
+def _fold_by_distance(per_group: Tensor, y: Tensor, log_space: bool = False) -> Tensor:
+    r"""Turn per-group totals into per-distance totals for each anchor.
 
     ``out[i, l] = per_group[i, y_i - l] + per_group[i, y_i + l]`` (terms outside ``[0, G)``
     dropped; ``l = 0`` counted once): the total over the samples ``l`` groups away from
-    anchor ``i``. Shapes: ``per_group`` (n, G) or (G,), ``y`` (n,); returns (n, G).
+    anchor ``i``. With ``log_space`` the inputs are logs and ``+`` is ``logaddexp``.
+    Shapes: ``per_group`` (n, G) or (G,), ``y`` (n,); returns (n, G).
     """
     num_groups = per_group.shape[-1]
-    padded = torch.nn.functional.pad(per_group, (num_groups, num_groups))
+    empty = float("-inf") if log_space else 0.0
+    padded = F.pad(per_group, (num_groups, num_groups), value=empty)
     padded = padded.expand(y.shape[0], 3 * num_groups)
     levels = torch.arange(num_groups, device=y.device)
     centre = (y + num_groups)[:, None]
     up = padded.gather(1, centre + levels)
     down = padded.gather(1, centre - levels)
-    down[:, 0] = 0.0
-    return up + down
+    down[:, 0] = empty
+    return torch.logaddexp(up, down) if log_space else up + down
 
 
 def _unfold_by_distance(per_level: Tensor, y: Tensor) -> Tensor:
@@ -78,19 +70,20 @@ def _unfold_by_distance(per_level: Tensor, y: Tensor) -> Tensor:
 
 
 class _GroupContrast(torch.autograd.Function):
-    r"""Integer-group kernel with an analytic backward.
+    r"""Integer-group kernel with an analytic backward, in log space.
 
-    Forward keeps only (n, G) tables. With ``E_i(l)`` the sum of ``e^{s_ik - m_i}`` over the
-    ``k`` at distance level ``l``, ``C_i(l)`` the count of those ``k`` and ``D_i(l)`` the
-    reverse cumulative sum of ``E_i`` over levels (the denominator), the per-anchor sum is
+    With ``C_i(l)`` the number of ``k != i`` at group distance ``l`` from anchor ``i`` and
+    :math:`D_i(l) = \sum_{k \ne i,\, d_{ik} \ge l} e^{s_{ik}}` the denominator, the
+    per-anchor sum is
 
     .. math::
-        \sum_{j \ne i} \ell_{ij} = -\sum_{j \ne i} s_{ij} + (N - 1) m_i
-            + \sum_l C_i(l) \log D_i(l).
+        \sum_{j \ne i} \ell_{ij} = -\sum_{j \ne i} s_{ij} + \sum_l C_i(l) \log D_i(l),
 
-    Backward recomputes the similarities and uses
-    :math:`\partial / \partial s_{ik} = -(1 - e^{s_{ik} - m_i} A_i(d_{ik}))` with
-    :math:`A_i(l) = \sum_{l' \le l} C_i(l') / D_i(l')`.
+    and :math:`\partial / \partial s_{ik} = e^{s_{ik}} A_i(d_{ik}) - 1` with
+    :math:`A_i(l) = \sum_{l' \le l} C_i(l') / D_i(l')`. ``log D`` is built from per-group
+    log-sum-exps (each group shifted by its own max) and a reverse ``logcumsumexp`` over
+    levels, so no denominator underflows however small the temperature; and
+    :math:`e^{s_{ik}} A_i(d_{ik}) \le N` never overflows.
     """
 
     @staticmethod
@@ -114,21 +107,19 @@ class _GroupContrast(torch.autograd.Function):
             _forward_rows(z_c, y_c, hist, lo, hi, kind, temperature, keep=chunk_size is None)
             for lo, hi in chunks
         ]
-        loss, m, count, denom, s = (torch.cat(part) for part in zip(*parts))
+        loss, log_a, s = (torch.cat(part) for part in zip(*parts))
         # Unchunked, the (n, N) similarities are kept: backward then needs no second matmul.
         # Chunked, only (n, G) tables are kept and each block is recomputed.
-        ctx.save_for_backward(z_c, y_c, m, count, denom, s)
+        ctx.save_for_backward(z_c, y_c, log_a, s)
         ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        z_c, y_c, m, count, denom, saved = ctx.saved_tensors
-        ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
-        prefix = ratio.cumsum(1)
+        z_c, y_c, log_a, saved = ctx.saved_tensors
         if saved.numel() and ctx.offset == 0 and grad.shape[0] == z_c.shape[0]:
             # Anchors = contrast set: d<z_i, z_k> enters twice, so fold g into g + g^T.
-            g = _grad_rows(saved, y_c, y_c, prefix, m, grad, 0, ctx.kind, ctx.temperature)
+            g = _grad_rows(saved, y_c, y_c, log_a, grad, 0, ctx.kind, ctx.temperature)
             return (g + g.T) @ z_c, None, None, None, None, None, None, None
         grad_c = torch.zeros_like(z_c)
         for lo, hi in ctx.chunks:
@@ -137,8 +128,7 @@ class _GroupContrast(torch.autograd.Function):
                 z_c[lo:hi], z_c, ctx.kind, ctx.temperature
             )
             g = _grad_rows(
-                s, y_c, y_c[lo:hi], prefix[rows], m[rows], grad[rows], lo, ctx.kind,
-                ctx.temperature,
+                s, y_c, y_c[lo:hi], log_a[rows], grad[rows], lo, ctx.kind, ctx.temperature
             )
             grad_c.addmm_(g.T, z_c[lo:hi])
             grad_c[lo:hi].addmm_(g, z_c)
@@ -155,33 +145,42 @@ def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tup
 def _forward_rows(
     z_c: Tensor, y_c: Tensor, hist: Tensor, lo: int, hi: int, kind: str, temperature: float,
     keep: bool,
-) -> Tuple[Tensor, ...]:
-    """Loss sums, row max, counts, denominators (and the similarities if ``keep``) for the
-    anchors ``lo..hi-1``."""
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Loss sums (n,), ``log A`` (n, G) by level, and the similarities if ``keep`` (else an
+    empty tensor), for the anchors ``lo..hi-1``."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
     s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
-    e, m = _shifted_exp(s.clone() if keep else s, lo)
-    # Sum e over each group of the contrast set, then fold groups into distance levels.
-    per_group = e.new_zeros(e.shape[0], hist.shape[0])
-    per_group.scatter_add_(1, y_c.expand_as(e), e)
-    del e
-    denom = _fold_by_distance(per_group, y_a).flip(1).cumsum(1).flip(1)
+    work = s.clone() if keep else s
+    _self_diagonal(work, lo).fill_(float("-inf"))
+    # log-sum-exp of s over each group of the contrast set, each group shifted by its max
+    # (empty groups get a finite shift so that -inf - shift stays -inf, never NaN).
+    by_group = y_c.expand_as(work)
+    group_max = work.new_full((work.shape[0], hist.shape[0]), float("-inf"))
+    group_max = group_max.scatter_reduce_(1, by_group, work, "amax").clamp_min_(-1e30)
+    per_group = torch.zeros_like(group_max).scatter_add_(
+        1, by_group, work.sub_(group_max.gather(1, by_group)).exp_()
+    )
+    del work
+    log_level = _fold_by_distance(per_group.log_().add_(group_max), y_a, log_space=True)
+    log_denom = log_level.flip(1).logcumsumexp(1).flip(1)
     count = _fold_by_distance(hist, y_a)
     count[:, 0] -= 1.0  # the anchor itself
-    log_denom = denom.clamp_min(torch.finfo(denom.dtype).tiny).log()
-    loss = -s_sum + (z_c.shape[0] - 1) * m + (count * log_denom).sum(dim=1)
-    return loss, m, count, denom, s if keep else s.new_zeros(0, s.shape[1])
+    present = count > 0  # where C > 0 the denominator is finite; elsewhere it is unused
+    loss = -s_sum + torch.where(present, count * log_denom, 0.0).sum(dim=1)
+    ratio = torch.where(present, count.log() - log_denom, float("-inf"))
+    log_a = ratio.logcumsumexp(1)
+    return loss, log_a, s if keep else s.new_zeros(0, s.shape[1])
 
 
 def _grad_rows(
-    s: Tensor, y_c: Tensor, y_a: Tensor, prefix: Tensor, m: Tensor, grad: Tensor, lo: int,
-    kind: str, temperature: float,
+    s: Tensor, y_c: Tensor, y_a: Tensor, log_a: Tensor, grad: Tensor, lo: int, kind: str,
+    temperature: float,
 ) -> Tensor:
     """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified)."""
-    a_by_group = _unfold_by_distance(prefix, y_a)
-    # dL/ds_ik = grad_i * (e_ik * A_i(d_ik) - 1) for k != i, built in one new buffer.
-    g = (s - m[:, None]).exp_().mul_(a_by_group.gather(1, y_c.expand_as(s))).sub_(1.0)
+    # dL/ds_ik = grad_i * (e^{s_ik} A_i(d_ik) - 1) for k != i, built in one new buffer.
+    log_a_by_group = _unfold_by_distance(log_a, y_a)
+    g = (s + log_a_by_group.gather(1, y_c.expand_as(s))).exp_().sub_(1.0)
     _self_diagonal(g, lo).zero_()
     g.mul_(grad[:, None])
     if kind == "cosine":
@@ -223,10 +222,8 @@ def continuous(
     _self_diagonal(dist, offset).fill_(-1.0)
     dist_sorted, order = dist.sort(dim=1)
     s_sorted = s.gather(1, order)
-    m = s_sorted[:, 1:].amax(dim=1, keepdim=True) if s.shape[1] > 1 else s_sorted[:, :1]
-    m = m.detach()
-    e = (s_sorted - m).exp()
-    tail = e.flip(1).cumsum(1).flip(1)
+    # log of the reverse cumulative sum of e^s: stable for any temperature.
+    log_tail = s_sorted.flip(1).logcumsumexp(1).flip(1)
     first_of_tie = torch.searchsorted(dist_sorted.contiguous(), dist_sorted.contiguous())
-    log_denom = tail.gather(1, first_of_tie).clamp_min(torch.finfo(e.dtype).tiny).log() + m
+    log_denom = log_tail.gather(1, first_of_tie)
     return (log_denom - s_sorted)[:, 1:].sum(dim=1)

@@ -249,6 +249,8 @@ def group_contrastive_loss(
         features, labels, num_groups, temperature, similarity, chunk_size
     )
     check_reduction(reduction)
+    if z.shape[0] == 0:  # an empty batch: a zero that stays in the graph
+        return reduce(z.sum(dim=1) * 0.0, reduction)
     per_anchor = _contrast_sums(
         z, y, 0, z.shape[0], num_groups, similarity, temperature, chunk_size
     )
@@ -295,7 +297,7 @@ def _check_contrastive_inputs(
             "expected integer group labels with num_groups when chunk_size is set (only the "
             f"fused group kernel is chunked), got {labels.dtype} labels, num_groups={num_groups}"
         )
-    return z, labels.reshape(labels.shape[0], -1).to(work_dtype), None
+    return z, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
 
 
 def _contrast_sums(

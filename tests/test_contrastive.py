@@ -1,0 +1,695 @@
+"""The group contrastive loss (L_grc) against a plain loop written from its definition.
+
+Both kernels are covered: the fused integer-group kernel (integer labels with ``num_groups``)
+and the sort-based continuous kernel (float labels, or integer labels without ``num_groups``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dirloss import GroupContrastiveLoss
+from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
+
+REDUCTIONS = ("none", "mean", "sum")
+SIMILARITIES = ("l2", "cosine")
+F64 = {"atol": 1e-10, "rtol": 1e-10}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: a plain loop written straight from the equation.
+#   z = f / ||f||,  s_ik = -||z_i - z_k||_2 / T  ("l2")  or  <z_i, z_k> / T  ("cosine"),
+#   d_ik = sum_l |y_il - y_kl|,
+#   l_ij = -log( exp(s_ij) / sum_{k != i, d_ik >= d_ij} exp(s_ik) )   for j != i.
+# ---------------------------------------------------------------------------------------------
+def ref_pair_losses(features, labels, temperature, similarity):
+    """``{(i, j): l_ij}`` as float64 0-d tensors (differentiable w.r.t. ``features``)."""
+    f = features.to(torch.float64)
+    n = f.shape[0]
+    y = labels.to(torch.float64).reshape(n, -1)
+    z = [f[i] / f[i].norm() for i in range(n)]
+
+    def sim(i, k):
+        if similarity == "l2":
+            return -(z[i] - z[k]).norm() / temperature
+        return (z[i] * z[k]).sum() / temperature
+
+    def dist(i, k):
+        return sum(abs(float(y[i, c]) - float(y[k, c])) for c in range(y.shape[1]))
+
+    s = {(i, k): sim(i, k) for i in range(n) for k in range(n) if k != i}
+    d = {(i, k): dist(i, k) for i in range(n) for k in range(n) if k != i}
+    out = {}
+    for i in range(n):
+        for j in range(n):
+            if j == i:
+                continue
+            denom = sum(torch.exp(s[i, k]) for k in range(n) if k != i and d[i, k] >= d[i, j])
+            out[i, j] = -torch.log(torch.exp(s[i, j]) / denom)
+    return out
+
+
+def ref_loss(features, labels, temperature, similarity, reduction):
+    n = features.shape[0]
+    pairs = ref_pair_losses(features, labels, temperature, similarity)
+    zero = torch.zeros((), dtype=torch.float64)
+    per_anchor = [
+        sum((pairs[i, j] for j in range(n) if j != i), zero) / max(n - 1, 1) for i in range(n)
+    ]
+    if reduction == "none":
+        return torch.stack(per_anchor) if n else torch.zeros(0, dtype=torch.float64)
+    if reduction == "sum":
+        return sum(per_anchor, zero)
+    return sum(pairs.values(), zero) / max(n * (n - 1), 1)  # mean over all ordered pairs
+
+
+def loss_fn(features, labels, **kw):
+    kw.setdefault("temperature", DEFAULT_TEMPERATURE)
+    return group_contrastive_loss(features, labels, **kw)
+
+
+def randn(*shape, dtype=torch.float64, **kw):
+    return torch.randn(*shape, dtype=dtype, **kw)
+
+
+# Label sets. Each is (labels, num_groups or None); num_groups selects the fused kernel.
+G = 5
+INT_LABELS = {
+    # group 3 has a single member; groups 0 and G - 1 are both present; group 1 is empty
+    "spread": torch.tensor([0, 0, 2, 3, 4, 4, 2, 0, 4]),
+    "one_group": torch.tensor([2, 2, 2, 2, 2, 2]),
+    "all_singletons": torch.tensor([4, 0, 3, 1, 2]),
+    "edges_only": torch.tensor([0, 4, 0, 4, 4, 0, 0]),
+}
+FLOAT_LABELS = {
+    "float_ties": torch.tensor([0.5, 1.5, 0.5, 2.5, 1.5, -0.5, 0.5, 3.5]),  # many equal distances
+    "float_distinct": torch.tensor([0.13, -1.7, 2.71, 0.49, 5.3, -0.02, 1.234]),
+    "float_column": torch.tensor([[0.25], [1.0], [0.25], [-2.0], [1.75], [1.0]]),  # (N, 1)
+    "float_2d": torch.tensor(  # (N, L): L1 distance, with ties
+        [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [2.0, -1.0], [0.0, 0.0], [1.0, 1.0], [-1.0, 2.0]]
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Values against the loop (float64)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("temperature", [0.07, 0.5, 2.0])
+@pytest.mark.parametrize("name", list(INT_LABELS))
+@pytest.mark.parametrize("kernel", ["fused", "sort"])
+def test_integer_labels_match_loop(kernel, name, temperature, similarity):
+    labels = INT_LABELS[name]
+    features = randn(labels.shape[0], 4)
+    num_groups = G if kernel == "fused" else None
+    for reduction in REDUCTIONS:
+        got = loss_fn(
+            features, labels, num_groups=num_groups, temperature=temperature,
+            similarity=similarity, reduction=reduction,
+        )
+        expected = ref_loss(features, labels, temperature, similarity, reduction)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, expected, **F64)
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("temperature", [0.07, 0.5, 2.0])
+@pytest.mark.parametrize("name", list(FLOAT_LABELS))
+def test_float_labels_match_loop(name, temperature, similarity):
+    labels = FLOAT_LABELS[name].to(torch.float64)
+    features = randn(labels.shape[0], 3)
+    for reduction in REDUCTIONS:
+        got = loss_fn(
+            features, labels, temperature=temperature, similarity=similarity, reduction=reduction
+        )
+        expected = ref_loss(features, labels, temperature, similarity, reduction)
+        torch.testing.assert_close(got, expected, **F64)
+
+
+def test_float32_labels_with_float64_features_match_loop():
+    labels = FLOAT_LABELS["float_distinct"]  # float32
+    features = randn(labels.shape[0], 3)
+    got = loss_fn(features, labels, reduction="none")
+    torch.testing.assert_close(got, ref_loss(features, labels, 0.1, "l2", "none"), **F64)
+
+
+def test_integer_2d_labels_without_num_groups_use_l1_distance():
+    labels = torch.tensor([[0, 1], [1, 0], [2, 2], [0, 0], [3, 1], [1, 1]])
+    features = randn(6, 3)
+    got = loss_fn(features, labels, reduction="none")
+    torch.testing.assert_close(got, ref_loss(features, labels, 0.1, "l2", "none"), **F64)
+
+
+def test_small_temperature_float64_matches_loop():
+    labels = INT_LABELS["spread"]
+    features = randn(labels.shape[0], 3)
+    for num_groups in (G, None):
+        for similarity in SIMILARITIES:
+            got = loss_fn(features, labels, num_groups=num_groups, temperature=0.01,
+                          similarity=similarity, reduction="none")
+            expected = ref_loss(features, labels, 0.01, similarity, "none")
+            torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-10)
+
+
+def test_reference_pair_losses_are_non_negative():
+    # The denominator of l_ij contains j itself (d_ij >= d_ij), so every l_ij >= 0.
+    labels = FLOAT_LABELS["float_ties"].double()
+    pairs = ref_pair_losses(randn(labels.shape[0], 3), labels, 0.1, "l2")
+    assert min(float(v) for v in pairs.values()) >= 0.0
+
+
+@pytest.mark.parametrize("name", list(INT_LABELS))
+def test_column_and_float_forms_of_group_labels_agree(name):
+    labels = INT_LABELS[name]
+    features = randn(labels.shape[0], 4)
+    fused = loss_fn(features, labels, num_groups=G, reduction="none")
+    torch.testing.assert_close(
+        loss_fn(features, labels[:, None], num_groups=G, reduction="none"), fused, **F64
+    )
+    torch.testing.assert_close(loss_fn(features, labels.double(), reduction="none"), fused, **F64)
+    torch.testing.assert_close(
+        loss_fn(features, labels.int(), num_groups=G, reduction="none"), fused, **F64
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Gradients
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_gradcheck_fused(similarity, reduction):
+    features = randn(6, 3, requires_grad=True)
+    labels = torch.tensor([0, 2, 2, 3, 0, 1])
+    fn = lambda f: loss_fn(  # noqa: E731
+        f, labels, num_groups=4, similarity=similarity, temperature=0.5, reduction=reduction
+    )
+    assert torch.autograd.gradcheck(fn, (features,))
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_gradcheck_fused_chunked(similarity):
+    features = randn(6, 3, requires_grad=True)
+    labels = torch.tensor([0, 2, 2, 3, 0, 1])
+    fn = lambda f: loss_fn(  # noqa: E731
+        f, labels, num_groups=4, similarity=similarity, temperature=0.5, reduction="none",
+        chunk_size=4,
+    )
+    assert torch.autograd.gradcheck(fn, (features,))
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_gradcheck_float_labels(similarity):
+    features = randn(6, 3, requires_grad=True)
+    labels = torch.tensor([0.5, 1.5, 0.5, -1.0, 2.25, 1.5], dtype=torch.float64)
+    for reduction in ("mean", "none"):
+        fn = lambda f: loss_fn(  # noqa: E731
+            f, labels, similarity=similarity, temperature=0.5, reduction=reduction
+        )
+        assert torch.autograd.gradcheck(fn, (features,))
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kernel", ["fused", "sort"])
+def test_gradient_matches_autograd_through_loop(kernel, reduction, similarity):
+    labels = torch.tensor([0, 0, 2, 3, 4, 4, 2, 1])
+    weight = randn(labels.shape[0])  # a non-uniform upstream gradient for "none"
+    features = randn(labels.shape[0], 3, requires_grad=True)
+    num_groups = G if kernel == "fused" else None
+    got = loss_fn(features, labels, num_groups=num_groups, temperature=0.2,
+                  similarity=similarity, reduction=reduction)
+    (g_got,) = torch.autograd.grad((got * weight).sum() if got.dim() else got, features)
+    ref_features = features.detach().clone().requires_grad_()
+    expected = ref_loss(ref_features, labels, 0.2, similarity, reduction)
+    (g_exp,) = torch.autograd.grad(
+        (expected * weight).sum() if expected.dim() else expected, ref_features
+    )
+    torch.testing.assert_close(g_got, g_exp, atol=1e-9, rtol=1e-8)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+def test_chunked_fused_kernel_matches_unchunked(chunk_size):
+    labels = torch.tensor([0, 0, 2, 3, 4, 4, 2, 1])
+    features = randn(8, 3, requires_grad=True)
+    weight = randn(8)
+    full = loss_fn(features, labels, num_groups=G, reduction="none")
+    (g_full,) = torch.autograd.grad((full * weight).sum(), features)
+    chunked = loss_fn(features, labels, num_groups=G, reduction="none", chunk_size=chunk_size)
+    (g_chunk,) = torch.autograd.grad((chunked * weight).sum(), features)
+    torch.testing.assert_close(chunked, full, **F64)
+    torch.testing.assert_close(g_chunk, g_full, **F64)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Module, reductions and argument checks
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("num_groups", [G, None])
+def test_module_equals_function(num_groups, reduction):
+    labels = INT_LABELS["spread"]
+    features = randn(labels.shape[0], 4)
+    kw = {"num_groups": num_groups, "temperature": 0.3, "similarity": "cosine",
+          "reduction": reduction}
+    module = GroupContrastiveLoss(**kw)
+    torch.testing.assert_close(
+        module(features, labels), group_contrastive_loss(features, labels, **kw), atol=0, rtol=0
+    )
+    # the module's defaults are the function's defaults
+    torch.testing.assert_close(
+        GroupContrastiveLoss(num_groups=num_groups)(features, labels),
+        group_contrastive_loss(features, labels, num_groups=num_groups), atol=0, rtol=0,
+    )
+
+
+@pytest.mark.parametrize("num_groups", [G, None])
+def test_reduction_shapes_and_consistency(num_groups):
+    labels = INT_LABELS["spread"]
+    n = labels.shape[0]
+    features = randn(n, 4)
+    out = {r: loss_fn(features, labels, num_groups=num_groups, reduction=r) for r in REDUCTIONS}
+    assert out["none"].shape == (n,)
+    assert out["mean"].shape == () and out["sum"].shape == ()
+    torch.testing.assert_close(out["sum"], out["none"].sum(), **F64)
+    torch.testing.assert_close(out["mean"], out["none"].mean(), **F64)
+    # every anchor has N - 1 partners, so the pair mean equals the mean of per-anchor means
+    torch.testing.assert_close(out["mean"], out["sum"] / n, **F64)
+
+
+def test_float32_features_give_float32_loss():
+    labels = INT_LABELS["spread"]
+    features = torch.randn(labels.shape[0], 4)
+    for num_groups in (G, None):
+        loss = loss_fn(features, labels, num_groups=num_groups)
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(
+            loss.double(), ref_loss(features.double(), labels, 0.1, "l2", "mean"),
+            atol=1e-5, rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("bad", ["avg", "elementwise_mean", "", None, "MEAN"])
+def test_invalid_reduction_raises(bad):
+    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        group_contrastive_loss(features, labels, num_groups=2, reduction=bad)
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        group_contrastive_loss(features, labels.double(), reduction=bad)
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        GroupContrastiveLoss(num_groups=2, reduction=bad)
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1, -0.1, float("nan"), float("inf"), "0.1",
+                                         None, True])
+def test_bad_temperature_raises(temperature):
+    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features, labels, num_groups=2, temperature=temperature)
+    with pytest.raises(ValueError, match="expected"):
+        GroupContrastiveLoss(num_groups=2, temperature=temperature)
+
+
+@pytest.mark.parametrize("similarity", ["dot", "L2", "euclidean", "", None])
+def test_bad_similarity_raises(similarity):
+    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features, labels, num_groups=2, similarity=similarity)
+    with pytest.raises(ValueError, match="expected"):
+        GroupContrastiveLoss(similarity=similarity)
+
+
+@pytest.mark.parametrize("num_groups", [0, 1, -3, 2.0, True])
+def test_bad_num_groups_raises(num_groups):
+    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features, labels, num_groups=num_groups)
+    with pytest.raises(ValueError, match="expected"):
+        GroupContrastiveLoss(num_groups=num_groups)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.0, True])
+def test_bad_chunk_size_raises(chunk_size):
+    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features, labels, num_groups=2, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match="expected"):
+        GroupContrastiveLoss(num_groups=2, chunk_size=chunk_size)
+
+
+def test_chunk_size_with_float_labels_raises():
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(randn(4, 3), randn(4), chunk_size=2)
+
+
+@pytest.mark.parametrize(
+    "features, labels, num_groups",
+    [
+        (randn(4), torch.tensor([0, 1, 1, 0]), 2),  # features 1-D
+        (randn(4, 3, 2), torch.tensor([0, 1, 1, 0]), 2),  # features 3-D
+        (randn(4, 3), torch.tensor([0, 1, 1]), 2),  # labels too short
+        (randn(4, 3), torch.tensor([0, 1, 1, 0, 1]), 2),  # labels too long
+        (randn(4, 3), randn(5), None),  # float labels too long
+        (randn(4, 3), torch.tensor(1), 2),  # 0-d labels
+        (randn(4, 3), torch.zeros(4, 1, 1, dtype=torch.long), 2),  # 3-D labels
+        (randn(4, 3), torch.zeros(4, 2, dtype=torch.long), 2),  # (N, 2) group labels
+        (randn(4, 3), torch.zeros(2, 2, dtype=torch.long), 2),  # (N,) reshaped wrongly
+        (torch.ones(4, 3, dtype=torch.long), torch.tensor([0, 1, 1, 0]), 2),  # integer features
+        (torch.ones(4, 3, dtype=torch.long), randn(4), None),  # integer features, float labels
+        (torch.ones(4, 3, dtype=torch.bool), torch.tensor([0, 1, 1, 0]), 2),  # bool features
+    ],
+    ids=["features_1d", "features_3d", "labels_short", "labels_long", "float_labels_long",
+         "labels_0d", "labels_3d", "group_labels_2_cols", "labels_2x2", "int_features",
+         "int_features_float_labels", "bool_features"],
+)
+def test_bad_shapes_and_dtypes_raise(features, labels, num_groups):
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features, labels, num_groups=num_groups)
+    with pytest.raises(ValueError, match="expected"):
+        GroupContrastiveLoss(num_groups=num_groups)(features, labels)
+
+
+def test_shape_error_names_the_shapes():
+    with pytest.raises(ValueError, match=re.escape("(4, 3)")):
+        group_contrastive_loss(randn(4, 3), torch.tensor([0, 1, 1]), num_groups=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_labels_on_another_device_raise():
+    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features.cuda(), labels, num_groups=2)
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features, labels.cuda(), num_groups=2)
+    with pytest.raises(ValueError, match="expected"):
+        group_contrastive_loss(features.cuda(), labels.double())
+
+
+def test_module_has_empty_state_dict_and_repr():
+    module = GroupContrastiveLoss(num_groups=3, temperature=0.2, similarity="cosine")
+    assert module.state_dict() == {}
+    GroupContrastiveLoss(num_groups=3).load_state_dict(module.state_dict())
+    assert "num_groups=3" in repr(module) and "'cosine'" in repr(module)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Degenerate batches
+# ---------------------------------------------------------------------------------------------
+KERNELS = [({"num_groups": 3}, torch.long), ({}, torch.float64)]
+KERNEL_IDS = ["fused", "sort"]
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kw, label_dtype", KERNELS, ids=KERNEL_IDS)
+def test_batch_of_one_is_zero_with_gradient(kw, label_dtype, reduction, similarity):
+    features = randn(1, 4, requires_grad=True)
+    loss = loss_fn(features, torch.tensor([1], dtype=label_dtype), similarity=similarity,
+                   reduction=reduction, **kw)
+    assert loss.shape == ((1,) if reduction == "none" else ())
+    assert (loss == 0).all() and loss.requires_grad
+    loss.sum().backward()
+    assert features.grad is not None
+    assert torch.isfinite(features.grad).all() and (features.grad == 0).all()
+
+
+# LIBRARY BUG (reported): an empty batch (N = 0) raises instead of giving a finite 0.
+#   fused kernel: IndexError "amax(): Expected reduction dim 1 to have non-zero size."
+#   sort kernel:  RuntimeError "cannot reshape tensor of 0 elements into shape [0, -1]"
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kw, label_dtype", KERNELS, ids=KERNEL_IDS)
+def test_empty_batch_is_zero_without_nan(kw, label_dtype, reduction):
+    features = randn(0, 4, requires_grad=True)
+    loss = loss_fn(features, torch.zeros(0, dtype=label_dtype), reduction=reduction, **kw)
+    assert loss.shape == ((0,) if reduction == "none" else ())
+    assert not loss.isnan().any() and (loss == 0).all()
+    loss.sum().backward()
+    assert features.grad is not None and features.grad.shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("kw, label_dtype", KERNELS, ids=KERNEL_IDS)
+def test_identical_features_are_finite(kw, label_dtype, similarity, dtype):
+    features = torch.tensor([0.3, -1.2, 2.0], dtype=dtype).repeat(6, 1).requires_grad_()
+    labels = torch.tensor([0, 1, 2, 0, 1, 2], dtype=label_dtype)
+    loss = loss_fn(features, labels, similarity=similarity, **kw)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(features.grad).all()
+    # every similarity is equal, so l_ij = log |{k : d_ik >= d_ij}|
+    n = 6
+    d = [[abs(i % 3 - k % 3) for k in range(n)] for i in range(n)]
+    expected = sum(
+        math.log(sum(1 for k in range(n) if k != i and d[i][k] >= d[i][j]))
+        for i in range(n) for j in range(n) if j != i
+    ) / (n * (n - 1))
+    tol = 1e-6 if dtype == torch.float32 else 1e-7  # l2 similarity floors the distance
+    assert abs(loss.item() - expected) < tol
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("kw, label_dtype", KERNELS, ids=KERNEL_IDS)
+def test_feature_scale_does_not_matter(kw, label_dtype, similarity):
+    base = torch.randn(7, 4)
+    labels = torch.tensor([0, 1, 2, 2, 0, 1, 1], dtype=label_dtype)
+    ref = loss_fn(base, labels, similarity=similarity, **kw)
+    for scale in (1e-6, 1e6):
+        features = (base * scale).requires_grad_()
+        loss = loss_fn(features, labels, similarity=similarity, **kw)
+        loss.backward()
+        torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(features.grad).all()
+
+
+# Three samples where the label-farthest partner is also the feature-farthest: for anchor 0
+# the pair (0, 2) has the denominator {2} alone, so l_02 = 0 exactly, while the row max over
+# k != 0 (sample 1) sits 2 / T logits above s_02.
+ADVERSARIAL = torch.tensor([[1.0, 0.0], [1.0, 0.01], [-1.0, 0.0]])
+ADVERSARIAL_LABELS = torch.tensor([0, 1, 2])
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("kw, label_dtype", KERNELS, ids=KERNEL_IDS)
+def test_tiny_temperature_random_features_are_finite(kw, label_dtype, similarity):
+    features = torch.randn(10, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 2, 0, 1, 1, 0, 2, 2], dtype=label_dtype)
+    loss = loss_fn(features, labels, similarity=similarity, temperature=0.01, **kw)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(features.grad).all()
+
+
+# LIBRARY BUG (reported): float32, T <= ~0.02 (a logit range 2 / T above ~87). Both kernels
+# subtract the row max over all k != i, not the max over each denominator's own set
+# {k : d_ik >= d_ij}. When every member of that set lies ~100 logits below the row max,
+# exp() flushes it to (near) zero, the denominator is clamped to finfo.tiny, and l_ij comes out
+# as -(s_ij - m) + log(tiny) (= 112.7 for l_02 here at T = 0.01) instead of 0: the loss is
+# wrong, and the sort kernel's gradient is NaN (cosine; the fused backward divides counts by
+# the clamped denominator, overflowing to inf at smaller T).
+@pytest.mark.parametrize("temperature", [0.02, 0.01])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("kw, label_dtype", KERNELS, ids=KERNEL_IDS)
+def test_tiny_temperature_float32_is_accurate_and_finite(kw, label_dtype, similarity,
+                                                         temperature):
+    features = ADVERSARIAL.clone().requires_grad_()
+    labels = ADVERSARIAL_LABELS.to(label_dtype)
+    got = loss_fn(features, labels, similarity=similarity, temperature=temperature,
+                  reduction="none", **kw)
+    got.sum().backward()
+    assert torch.isfinite(got).all() and torch.isfinite(features.grad).all()
+    expected = ref_loss(ADVERSARIAL.double(), labels, temperature, similarity, "none")
+    torch.testing.assert_close(got.double(), expected, atol=1e-3, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Out-of-range group labels are clamped into [0, G)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_out_of_range_group_labels_are_clamped(similarity):
+    labels = torch.tensor([-3, 0, 2, 4, 7, -1, 5, 1])
+    clamped = labels.clamp(0, G - 1)
+    features = randn(8, 3)
+    got = loss_fn(features, labels, num_groups=G, similarity=similarity, reduction="none")
+    torch.testing.assert_close(
+        got, loss_fn(features, clamped, num_groups=G, similarity=similarity, reduction="none"),
+        **F64,
+    )
+    torch.testing.assert_close(got, ref_loss(features, clamped, 0.1, similarity, "none"), **F64)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Properties
+# ---------------------------------------------------------------------------------------------
+def case(seed, n, dim=3):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, dtype=torch.float64, generator=gen)
+
+
+group_lists = st.lists(st.integers(0, G - 1), min_size=1, max_size=9)
+quarter_lists = st.lists(st.integers(-12, 12).map(lambda v: v / 4), min_size=1, max_size=9)
+seeds = st.integers(0, 2**31 - 1)
+PROPERTY = settings(max_examples=30, deadline=None)
+
+
+@PROPERTY
+@given(groups=group_lists, seed=seeds, similarity=st.sampled_from(SIMILARITIES),
+       fused=st.booleans(), data=st.data())
+def test_permutation_invariance(groups, seed, similarity, fused, data):
+    n = len(groups)
+    features, labels = case(seed, n), torch.tensor(groups)
+    perm = torch.tensor(data.draw(st.permutations(range(n))), dtype=torch.long)
+    kw = {"num_groups": G if fused else None, "similarity": similarity}
+    per_anchor = loss_fn(features, labels, reduction="none", **kw)
+    permuted = loss_fn(features[perm], labels[perm], reduction="none", **kw)
+    torch.testing.assert_close(permuted, per_anchor[perm], **F64)
+    torch.testing.assert_close(
+        loss_fn(features[perm], labels[perm], **kw), loss_fn(features, labels, **kw), **F64
+    )
+
+
+@PROPERTY
+@given(groups=group_lists, seed=seeds, similarity=st.sampled_from(SIMILARITIES), data=st.data())
+def test_group_shift_invariance(groups, seed, similarity, data):
+    labels = torch.tensor(groups)
+    shift = data.draw(st.integers(-int(labels.min()), G - 1 - int(labels.max())))
+    features = case(seed, len(groups))
+    kw = {"num_groups": G, "similarity": similarity, "reduction": "none"}
+    torch.testing.assert_close(
+        loss_fn(features, labels + shift, **kw), loss_fn(features, labels, **kw), **F64
+    )
+
+
+@PROPERTY
+@given(values=quarter_lists, seed=seeds, shift=st.integers(-40, 40).map(lambda v: v / 4),
+       column=st.booleans())
+def test_float_label_shift_invariance(values, seed, shift, column):
+    # quarter-integers and quarter-integer shifts are exact in float64: ties are kept exactly
+    labels = torch.tensor(values, dtype=torch.float64)
+    if column:
+        labels = labels[:, None]
+    features = case(seed, len(values))
+    torch.testing.assert_close(
+        loss_fn(features, labels + shift, reduction="none"),
+        loss_fn(features, labels, reduction="none"),
+        **F64,
+    )
+
+
+@PROPERTY
+@given(groups=group_lists, seed=seeds, similarity=st.sampled_from(SIMILARITIES),
+       temperature=st.sampled_from([0.01, 0.1, 1.0]), dim=st.integers(1, 4))
+def test_per_anchor_loss_is_non_negative(groups, seed, similarity, temperature, dim):
+    # Each l_ij >= 0 because its denominator contains exp(s_ij) itself; so does every mean.
+    features, labels = case(seed, len(groups), dim), torch.tensor(groups)
+    for kw in ({"num_groups": G}, {}):
+        per_anchor = loss_fn(features, labels, similarity=similarity, temperature=temperature,
+                             reduction="none", **kw)
+        assert (per_anchor >= -1e-12).all()
+
+
+@PROPERTY
+@given(groups=group_lists, seed=seeds, similarity=st.sampled_from(SIMILARITIES),
+       temperature=st.sampled_from([0.05, 0.1, 1.0]), chunk=st.sampled_from([None, 1, 2, 5]))
+def test_fused_kernel_equals_sort_kernel(groups, seed, similarity, temperature, chunk):
+    features = case(seed, len(groups)).requires_grad_()
+    labels = torch.tensor(groups)
+    kw = {"similarity": similarity, "temperature": temperature, "reduction": "none"}
+    fused = loss_fn(features, labels, num_groups=G, chunk_size=chunk, **kw)
+    sort = loss_fn(features, labels, **kw)
+    torch.testing.assert_close(fused, sort, **F64)
+    weight = torch.arange(1.0, len(groups) + 1, dtype=torch.float64)
+    (g_fused,) = torch.autograd.grad((fused * weight).sum(), features)
+    (g_sort,) = torch.autograd.grad((sort * weight).sum(), features)
+    torch.testing.assert_close(g_fused, g_sort, atol=1e-9, rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. torch.compile and autocast
+# ---------------------------------------------------------------------------------------------
+def _compile_case(num_groups, backend):
+    torch._dynamo.reset()
+    module = GroupContrastiveLoss(num_groups=num_groups, temperature=0.2)
+    compiled = torch.compile(module, fullgraph=True, backend=backend)
+    labels = torch.tensor([0, 1, 2, 2, 0, 3, 1, 3])
+    if num_groups is None:
+        labels = labels.float() * 0.5
+    features = torch.randn(8, 5, requires_grad=True)
+    eager = module(features, labels)
+    (g_eager,) = torch.autograd.grad(eager, features)
+    got = compiled(features, labels)
+    (g_got,) = torch.autograd.grad(got, features)
+    torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_got, g_eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
+def test_compile_fullgraph_matches_eager(num_groups):
+    _compile_case(num_groups, "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
+def test_compile_fullgraph_inductor_matches_eager(num_groups):
+    _compile_case(num_groups, "inductor")
+
+
+@pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
+def test_autocast_bfloat16(num_groups):
+    linear = torch.nn.Linear(6, 5)
+    x = torch.randn(12, 6)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 0, 3, 3])
+    if num_groups is None:
+        labels = labels.float()
+    module = GroupContrastiveLoss(num_groups=num_groups)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = linear(x)
+        assert features.dtype == torch.bfloat16
+        loss = module(features, labels)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    reference = module(features.detach().float(), labels)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    assert linear.weight.grad is not None and torch.isfinite(linear.weight.grad).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. CUDA
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_cuda_matches_cpu(device, similarity):
+    if device.type != "cuda":
+        pytest.skip("CUDA-only comparison")
+    labels = torch.tensor([0, 0, 2, 3, 4, 4, 2, 1, 3, 0])
+    features = randn(10, 6, requires_grad=True)
+    for num_groups, y in ((G, labels), (None, labels.double() * 0.5)):
+        cpu = loss_fn(features, y, num_groups=num_groups, similarity=similarity,
+                      reduction="none")
+        (g_cpu,) = torch.autograd.grad(cpu.sum(), features)
+        features_dev = features.detach().to(device).requires_grad_()
+        dev = loss_fn(features_dev, y.to(device), num_groups=num_groups,
+                      similarity=similarity, reduction="none")
+        (g_dev,) = torch.autograd.grad(dev.sum(), features_dev)
+        assert dev.device.type == "cuda"
+        torch.testing.assert_close(dev.cpu(), cpu, atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(g_dev.cpu(), g_cpu, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_cuda_fused_kernel_has_no_host_sync(device, similarity, chunk_size):
+    if device.type != "cuda":
+        pytest.skip("CUDA-only check")
+    features = torch.randn(64, 16, device=device, requires_grad=True)
+    labels = torch.randint(-1, G + 1, (64,), device=device)  # out-of-range labels clamp
+    module = GroupContrastiveLoss(num_groups=G, similarity=similarity, chunk_size=chunk_size)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = module(features, labels)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and torch.isfinite(features.grad).all().item()
