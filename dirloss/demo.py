@@ -89,7 +89,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Te
 
 def _train(
     method: str, x: Tensor, y: Tensor, binner: GroupBinner, args: argparse.Namespace
-) -> nn.Module:
+) -> nn.ModuleDict:
     torch.manual_seed(args.seed)
     backbone = _Backbone(x.shape[1], args.width)
     linear = nn.Linear(args.width, 1)
@@ -117,14 +117,13 @@ def _train(
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, x: Tensor, inference: str = "argmax") -> Tensor:
+def _predict(model: nn.ModuleDict, x: Tensor, inference: str = "argmax") -> Tensor:
     model.eval()
-    head = model["head"]
+    head, features = model["head"], model["backbone"](x)
     if isinstance(head, MultiExpertHead):
         head.inference = inference
-    out = head(model["backbone"](x))
-    prediction = out.prediction if isinstance(out, tuple) else out
-    return prediction[:, 0]
+        return head(features).prediction[:, 0]
+    return head(features)[:, 0]
 
 
 def _format_table(results: Dict[str, dict]) -> str:
