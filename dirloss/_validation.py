@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -55,18 +56,10 @@ def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         )
 
 
-def check_group_targets(name: str, target: Tensor, n: int) -> None:
-    """A 1-D integer tensor of ``n`` group indices."""
+def check_group_targets(name: str, target: Tensor, n: Optional[int] = None) -> None:
+    """A 1-D integer tensor of group indices (of length ``n`` when given)."""
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"expected {name} to hold integer group indices, got dtype {target.dtype}")
-    if target.shape != (n,):
-        raise ValueError(f"expected {name} of shape ({n},), got {tuple(target.shape)}")
-
-
-def squeeze_labels(name: str, labels: Tensor) -> Tensor:
-    """Accept (N,) or (N, 1) labels and return them as (N,)."""
-    if labels.dim() == 2 and labels.shape[1] == 1:
-        return labels[:, 0]
-    if labels.dim() != 1:
-        raise ValueError(f"expected {name} of shape (N,) or (N, 1), got {tuple(labels.shape)}")
-    return labels
+    if target.dim() != 1 or (n is not None and target.shape[0] != n):
+        expected = "(N,)" if n is None else f"({n},)"
+        raise ValueError(f"expected {name} of shape {expected}, got {tuple(target.shape)}")

@@ -60,7 +60,9 @@ class GroupBinner(nn.Module):
 
     Buffers:
         edges (G + 1,) float64, counts (G,) training samples per group, centers (G,) group
-        midpoints. They save with ``state_dict()`` and move with ``.to(device)``.
+        midpoints. They save with ``state_dict()`` and move with ``.to(device)``; edges and
+        centers stay float64 under ``.half()`` or ``.to(dtype)``, so casting a model never
+        moves a label to another group.
 
     Shape:
         - Input: any shape; a trailing dimension of 1 is dropped.
@@ -134,7 +136,7 @@ class GroupBinner(nn.Module):
     def forward(self, y: Tensor) -> Tensor:
         if not self._fitted:
             raise RuntimeError("GroupBinner has no edges yet: call fit(train_labels) first")
-        if y.dim() > 0 and y.shape[-1] == 1:
+        if y.dim() > 1 and y.shape[-1] == 1:
             y = y.squeeze(-1)
         inner = self.edges[1:-1]
         return torch.bucketize(y.to(inner.dtype), inner, right=True)
@@ -145,12 +147,14 @@ class GroupBinner(nn.Module):
     def _edges_from(self, y: np.ndarray) -> np.ndarray:
         g = self.num_groups
         if self.strategy == "quantile":
-            edges = np.quantile(y, np.linspace(0.0, 1.0, g + 1))
-            distinct = np.unique(edges).size - 1
-            if distinct < g:
+            edges = _quantile_edges(y, g)
+            if np.unique(edges).size <= g:
+                usable = max((k for k in range(2, g) if np.unique(_quantile_edges(y, k)).size > k),
+                             default=None)
+                supported = f"at most {usable} quantile groups" if usable else "no quantile groups"
                 raise ValueError(
-                    f"quantile edges collide because of tied labels: the data supports at "
-                    f"most {distinct} distinct quantile groups, got num_groups={g}"
+                    f"quantile edges collide because of tied labels: the data supports "
+                    f"{supported}, got num_groups={g} (or use strategy='uniform')"
                 )
             return edges
         low = float(y.min()) if self.low is None else self.low
@@ -168,9 +172,20 @@ class GroupBinner(nn.Module):
         self.centers.copy_((e[1:] + e[:-1]) / 2)
         self._fitted = True
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "GroupBinner":
+        # .half() / .to(dtype) must not round the bin edges: follow the device, stay float64.
+        edges, centers = self.edges, self.centers
+        super()._apply(fn, recurse)
+        self.edges, self.centers = edges.to(self.edges.device), centers.to(self.centers.device)
+        return self
+
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fitted = bool(torch.isfinite(self.edges).all())
+
+
+def _quantile_edges(y: np.ndarray, num_groups: int) -> np.ndarray:
+    return np.quantile(y, np.linspace(0.0, 1.0, num_groups + 1))
 
 
 def _as_numpy(values: ArrayLike) -> np.ndarray:

@@ -122,9 +122,9 @@ def descending_soft_labels(
         >>> descending_soft_labels(torch.tensor([0, 2]), 3).argmax(1)
         tensor([0, 2])
     """
-    check_group_targets("groups", groups, groups.shape[0] if groups.dim() == 1 else -1)
+    check_group_targets("groups", groups)
     table = descending_soft_label_table(num_groups, scale=scale, step=step, device=groups.device)
-    return table.index_select(0, groups)
+    return table.index_select(0, groups.long())
 
 
 def descending_soft_label_loss(
@@ -184,7 +184,7 @@ def descending_soft_label_loss(
                 f"got {tuple(logit_adjustment.shape)}"
             )
         logits = logits + logit_adjustment.to(logits.dtype)
-    soft = table.to(logits.dtype).index_select(0, target)
+    soft = table.to(logits.dtype).index_select(0, target.long())
     loss = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)
     return reduce(loss, reduction)
 

@@ -141,5 +141,6 @@ class MultiExpertHead(nn.Module):
 
 def select_expert(experts: Tensor, groups: Tensor) -> Tensor:
     """Row ``i`` of the result is ``experts[i, groups[i]]``: (N, G, O), (N,) -> (N, O)."""
-    index = groups.clamp(0, experts.shape[1] - 1).view(-1, 1, 1).expand(-1, 1, experts.shape[2])
+    index = groups.long().clamp(0, experts.shape[1] - 1).view(-1, 1, 1)
+    index = index.expand(-1, 1, experts.shape[2])
     return experts.gather(1, index).squeeze(1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as DF
-from ._validation import check_non_negative, check_same_device
+from ._validation import check_group_targets, check_non_negative, check_same_device
 from .binning import GroupBinner
 from .heads import HeadOutput, select_expert
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
@@ -98,6 +98,10 @@ class GroupDIRLoss(nn.Module):
         self.lambda_grc = check_non_negative("lambda_grc", lambda_grc)
         self.lambda_mse = check_non_negative("lambda_mse", lambda_mse)
         self.lambda_soft = check_non_negative("lambda_soft", lambda_soft)
+        if not (self.lambda_grc or self.lambda_mse or self.lambda_soft):
+            raise ValueError(
+                "expected at least one of lambda_grc, lambda_mse, lambda_soft to be > 0, got all 0"
+            )
         self.validate = validate
         self.contrastive = GroupContrastiveLoss(
             num_groups=binner.num_groups, temperature=temperature, similarity=similarity,
@@ -125,6 +129,9 @@ class GroupDIRLoss(nn.Module):
                     "bins one label per sample"
                 )
             groups = self.binner(target[:, 0])
+        else:
+            check_group_targets("groups", groups, n)
+            check_same_device("output.experts", experts, "groups", groups)
         zero = experts.new_zeros(())
         grc = mse = soft = zero
         if self.lambda_grc:
@@ -132,7 +139,9 @@ class GroupDIRLoss(nn.Module):
         if self.lambda_mse:
             pred = select_expert(experts, groups)
             work = torch.promote_types(pred.dtype, torch.float32)  # fp32 under autocast
-            mse = F.mse_loss(pred.to(work), target.to(work))
+            # A sum over max(count, 1): the mean, and 0 rather than NaN for an empty batch.
+            squared = F.mse_loss(pred.to(work), target.to(work), reduction="sum")
+            mse = squared / max(pred.numel(), 1)
         if self.lambda_soft:
             soft = self.soft_label(output.logits, groups)
         loss = self.lambda_grc * grc + self.lambda_mse * mse + self.lambda_soft * soft
