@@ -65,6 +65,7 @@ class GroupDIRLoss(nn.Module):
           multi-dimensional targets).
 
     Example:
+        >>> from dirloss import MultiExpertHead
         >>> binner = GroupBinner(4).fit(torch.rand(100) * 10)
         >>> head = MultiExpertHead(16, num_groups=4)
         >>> criterion = GroupDIRLoss(binner)
