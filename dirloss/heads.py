@@ -90,8 +90,9 @@ class MultiExpertHead(nn.Module):
         """Retrofit an existing regression layer: every expert starts as a copy of ``linear``.
 
         The group logits start at zero, so before any training every inference mode returns
-        exactly the original layer's output (argmax picks expert 0, the soft mixture averages
-        identical experts).
+        the original layer's output (argmax picks expert 0, the soft mixture averages
+        identical experts). It is equal up to the summation order of the fused matmul that
+        computes all experts at once: within an ulp or two, not always bit for bit.
 
         Example:
             >>> linear = nn.Linear(16, 1)
