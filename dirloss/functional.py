@@ -31,13 +31,15 @@ __all__ = [
     "group_contrastive_loss",
 ]
 
-#: Default temperature of :func:`group_contrastive_loss`. Features are L2-normalised, so the
-#: "l2" similarity ``-||z_i - z_j|| / T`` spans ``[-2 / T, 0]``. Rank-N-Contrast's ``T = 2``
-#: was chosen for unnormalised features; on the unit sphere it squeezes every logit into
-#: ``[-1, 0]``, where near and far samples are barely told apart. ``T = 0.1`` gives the logit
-#: range of 20 that SimCLR / SupCon use on normalised embeddings, and keeps ``e^{-20}`` far
-#: from float32 underflow.
 DEFAULT_TEMPERATURE = 0.1
+"""Default temperature of :func:`group_contrastive_loss`.
+
+Features are L2-normalised, so the "l2" similarity ``-||z_i - z_j|| / T`` spans
+``[-2 / T, 0]``. Rank-N-Contrast's ``T = 2`` was chosen for unnormalised features; on the unit
+sphere it squeezes every logit into ``[-1, 0]``, where near and far samples are barely told
+apart. ``T = 0.1`` gives the logit range of 20 that SimCLR / SupCon use on normalised
+embeddings. (The kernels work in log space, so smaller temperatures stay exact too.)
+"""
 
 _SIMILARITIES = ("l2", "cosine")
 
@@ -55,8 +57,8 @@ def _check_soft_label_params(num_groups: int, scale: float, step: int) -> None:
         raise ValueError(
             "soft labels would not peak at the true group: the nearest neighbour's logit "
             f"clamp((G - step - 1) / scale) = {neighbour_logit:g} is not below the true "
-            f"group's clamp(scale * (G - 1)) = {true_logit:g}; expected step >= 1 and "
-            f"scale > sqrt((G - 1 - step) / (G - 1)) = {bound:.4g}, got scale={scale!r}, "
+            f"group's clamp(scale * (G - 1)) = {true_logit:g}; expected "
+            f"scale > sqrt(max(G - 1 - step, 0) / (G - 1)) = {bound:.4g}, got scale={scale!r}, "
             f"step={step!r} with num_groups={num_groups}"
         )
 

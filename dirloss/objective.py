@@ -36,12 +36,13 @@ class GroupDIRLoss(nn.Module):
 
     .. math::
         \mathcal{L} = \lambda_{grc}\,\mathcal{L}_{grc}(f, g)
-            + \lambda_{mse}\,\frac{1}{N}\sum_i \lVert \hat y_{i, g_i} - y_i \rVert^2
+            + \lambda_{mse}\,\frac{1}{N O}\sum_i \lVert \hat y_{i, g_i} - y_i \rVert^2
             + \lambda_{soft}\,\mathcal{L}_{soft}(\text{logits}, g),
         \qquad g = \text{binner}(y),
 
     where :math:`\hat y_{i, g_i}` is the expert of sample ``i``'s true group (taken from
-    ``output.experts``, whatever ``prediction`` holds), :math:`\mathcal{L}_{soft}` is
+    ``output.experts``, whatever ``prediction`` holds), ``O`` is ``out_features`` (the MSE
+    is a mean over all N x O entries), :math:`\mathcal{L}_{soft}` is
     :class:`DescendingSoftLabelLoss` and :math:`\mathcal{L}_{grc}` is
     :class:`GroupContrastiveLoss` on the backbone features. Every term is a batch mean, so the
     lambdas do not depend on the batch size. A weight of 0 skips its term's computation.
