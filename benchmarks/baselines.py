@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dirloss._validation import check_reduction, reduce
+
 __all__ = [
     "BMCLoss",
     "LDSReweighting",
@@ -38,24 +40,6 @@ __all__ = [
     "unique_label_mask",
     "weighted_mse_loss",
 ]
-
-_REDUCTIONS = ("none", "mean", "sum")
-
-
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(
-            f"{reduction!r} is not a valid value for reduction; expected one of {_REDUCTIONS}"
-        )
-
-
-def _reduce(loss: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / max(loss.shape[0], 1)  # an empty batch gives 0, not NaN
-
 
 def _as_column(x: Tensor, name: str) -> Tensor:
     """(N,) or (N, D) -> (N, D)."""
@@ -164,14 +148,14 @@ def weighted_mse_loss(
     Returns:
         Shape (N,) for ``"none"``, a scalar otherwise.
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if input.shape != target.shape:
         raise ValueError(f"expected input and target of the same shape, got {tuple(input.shape)} and {tuple(target.shape)}")
     x, y = _as_column(input, "input"), _as_column(target, "target")
     if weight.shape != (x.shape[0],):
         raise ValueError(f"expected weight of shape ({x.shape[0]},), got {tuple(weight.shape)}")
     per_sample = (x - y).pow(2).mean(dim=1) * weight.to(x.dtype)
-    return _reduce(per_sample, reduction)
+    return reduce(per_sample, reduction)
 
 
 class LDSReweighting(nn.Module):
@@ -270,7 +254,7 @@ class LDSWeightedMSELoss(nn.Module):
 
     def __init__(self, reweighting: LDSReweighting, *, reduction: str = "mean") -> None:
         super().__init__()
-        _check_reduction(reduction)
+        check_reduction(reduction)
         self.reweighting = reweighting
         self.reduction = reduction
 
@@ -317,7 +301,7 @@ def bmc_loss(
         >>> float(bmc_loss(torch.tensor([0., 1.]), torch.tensor([0., 2.]), noise_var=0.5))  # doctest: +ELLIPSIS
         0.35564...
     """
-    _check_reduction(reduction)
+    check_reduction(reduction)
     if input.shape != target.shape:
         raise ValueError(f"expected input and target of the same shape, got {tuple(input.shape)} and {tuple(target.shape)}")
     x, y = _as_column(input, "input"), _as_column(target, "target").to(input.dtype)
@@ -328,7 +312,7 @@ def bmc_loss(
     logits = -sq_dist / (2.0 * var)
     # -log softmax at the diagonal, max-subtracted by logsumexp.
     nll = torch.logsumexp(logits, dim=1) - logits.diagonal()
-    return _reduce(nll * (2.0 * var).detach(), reduction)
+    return reduce(nll * (2.0 * var).detach(), reduction)
 
 
 class BMCLoss(nn.Module):
@@ -346,7 +330,7 @@ class BMCLoss(nn.Module):
 
     def __init__(self, init_noise_sigma: float = 1.0, *, learnable: bool = False, reduction: str = "mean") -> None:
         super().__init__()
-        _check_reduction(reduction)
+        check_reduction(reduction)
         if not (isinstance(init_noise_sigma, (int, float)) and math.isfinite(init_noise_sigma) and init_noise_sigma > 0):
             raise ValueError(f"expected a positive finite init_noise_sigma, got {init_noise_sigma!r}")
         sigma = torch.tensor(float(init_noise_sigma))
