@@ -1,0 +1,187 @@
+"""Tests of the DIR accuracy benchmark (benchmarks/dir_bench.py, benchmarks/methods.py).
+
+The end-to-end test runs the CLI on ``synthetic`` and, when the tabular data are present,
+``concreteStrength`` with tiny settings (a few optimiser steps, one grid setting, two seeds)
+into a temporary directory; it checks the files and their structure, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import data as bd  # noqa: E402
+from benchmarks import dir_bench as db  # noqa: E402
+from benchmarks.methods import METHODS, InfeasibleSetting, build_model, make_loss, predict, train, TrainConfig  # noqa: E402
+from dirloss import MultiExpertHead  # noqa: E402
+
+TABULAR = bd.default_data_dir() / "tabular"
+HAS_TABULAR = (TABULAR / "splits" / "concreteStrength_train.csv").is_file()
+
+
+def test_grids_within_budget_and_distinct():
+    for m in METHODS.values():
+        assert 1 <= len(m.grid) <= 6, m.name
+        assert len({tuple(sorted(p.items())) for p in m.grid}) == len(m.grid), m.name
+        if m.grouped:
+            assert all("num_groups" in p for p in m.grid)
+    # the ablations are tuned over exactly Group-DIR's grid
+    for name in ("abl-ce", "abl-soft", "abl-ce-con"):
+        assert METHODS[name].grid == METHODS["group-dir"].grid
+
+
+def test_same_initialisation_for_every_method():
+    ref = build_model(METHODS["vanilla"], METHODS["vanilla"].grid[0], 7, (16, 8), seed=3)
+    x = torch.randn(5, 7)
+    for m in METHODS.values():
+        model = build_model(m, m.grid[0], 7, (16, 8), seed=3)
+        for a, b in zip(ref.backbone.parameters(), model.backbone.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # before training, every head predicts what the linear layer predicts
+        torch.testing.assert_close(torch.as_tensor(predict(model, x)), torch.as_tensor(predict(ref, x)), rtol=1e-6, atol=1e-6)
+        if m.grouped:
+            assert isinstance(model.head, MultiExpertHead)
+            assert model.head.num_groups == m.grid[0]["num_groups"]
+    other = build_model(METHODS["vanilla"], {}, 7, (16, 8), seed=4)
+    assert not torch.equal(next(ref.backbone.parameters()), next(other.backbone.parameters()))
+
+
+def test_every_loss_trains_a_step_and_is_finite():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = x[:, 0] + 0.1 * torch.randn(64, generator=g)
+    y = (y - y.mean()) / y.std()
+    for m in METHODS.values():
+        model, rec = train(m, m.grid[0], x, y, TrainConfig(hidden=(16, 8), epochs=2, batch_size=32), seed=0)
+        assert rec["finite"], m.name
+        assert np.isfinite(predict(model, x)).all()
+
+
+def test_same_data_order_per_seed(monkeypatch):
+    """The batch order depends on the seed only, not on the method."""
+    seen = {}
+    x, y = torch.randn(40, 3), torch.randn(40)
+    for name in ("vanilla", "group-dir"):
+        batches = []
+        m = METHODS[name]
+        loss, _ = make_loss(m, m.grid[0], y, seed=0)
+
+        def recording(model, xb, yb, _loss=loss, _b=batches):
+            _b.append(yb.clone())
+            return _loss(model, xb, yb)
+
+        monkeypatch.setattr("benchmarks.methods.make_loss", lambda *a, _r=recording, **k: (_r, []))
+        train(m, m.grid[0], x, y, TrainConfig(hidden=(8, 4), epochs=2, batch_size=16), seed=5)
+        seen[name] = batches
+    assert len(seen["vanilla"]) == len(seen["group-dir"]) == 6  # 40 = 16 + 16 + 8, two epochs
+    for a, b in zip(seen["vanilla"], seen["group-dir"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_infeasible_quantile_setting_raises():
+    y = torch.tensor([0.0] * 50 + [1.0] * 50 + [2.0])  # 3 distinct values: no 10 equal-mass groups
+    m = METHODS["group-dir"]
+    quantile = next(p for p in m.grid if p.get("strategy") == "quantile" and p["num_groups"] >= 10)
+    with pytest.raises(InfeasibleSetting):
+        make_loss(m, quantile, y, seed=0)
+
+
+def test_select_lowest_validation_bmae():
+    def cand(order, bmae, finite=True):
+        return {"order": order, "val": {"bmae": bmae}, "finite": finite}
+
+    assert db.select([cand(0, 2.0), cand(1, 1.0), cand(2, 1.5)])["order"] == 1
+    assert db.select([cand(0, 1.0), cand(1, 1.0)])["order"] == 0  # ties: grid order
+    assert db.select([cand(0, 2.0), cand(1, 0.5, finite=False), cand(2, math.nan)])["order"] == 0
+    assert db.select([{"order": 0, "val": None, "finite": False}, cand(1, 3.0)])["order"] == 1
+
+
+def test_evaluate_reports_label_units():
+    data = db.prepare("synthetic", "synthetic", "synthetic", data_dir=None, cache_dir=None, max_train=500)
+    # targets standardised with training statistics
+    assert abs(float(data.y["train"].mean())) < 1e-5 and abs(float(data.y["train"].std(unbiased=False)) - 1) < 1e-4
+    exact = db.evaluate(data, data.y["test"].numpy(), "test")
+    assert exact["all"]["mae"] < 1e-4 and exact["bmae"] < 1e-4 and exact["pearson"] > 0.9999
+    zero = db.evaluate(data, np.zeros(len(data.y["test"])), "test")  # predicts the training mean
+    expect = np.abs(data.labels["test"] - data.labels["train"].mean()).mean()
+    assert abs(zero["all"]["mae"] - expect) < 1e-3 * max(1.0, expect)
+    assert data.labels["test"].max() > 50  # label units of the synthetic task are 0..100
+    assert len(exact["per_bin_mae"]) == len(data.shot_kwargs["bin_edges"]) - 1
+
+
+def test_expand_and_train_config(tmp_path):
+    names = [n for n, _, _ in db._expand(["stsb", "all-tabular", "synthetic"], tmp_path)]
+    assert names == ["stsb-dir", *bd.TABULAR_SETS, "synthetic"]
+    (name, spec, kind), = db._expand([f"tabular:{tmp_path}/foo"], tmp_path)
+    assert (name, kind) == ("foo", "tabular") and spec.endswith("foo")
+    with pytest.raises(SystemExit):
+        db._expand(["nope"], tmp_path)
+    with pytest.raises(SystemExit):
+        db._expand(["abalone", "abalone"], tmp_path)
+    args = db.parse_args(["--steps", "100", "--batch-size", "50"])
+    assert db.train_config("tabular", 120, args).epochs == 34  # 3 batches per epoch
+    assert db.train_config("stsb", 5000, args).hidden == (256, 128)
+    assert db.parse_args(["--quick"]).seeds == db.QUICK["seeds"]
+
+
+def _dataset_result(kind, means):
+    methods = {n: {"test_mean": m, "test_std": {k: 0.01 for k in m}} for n, m in means.items()}
+    return {"kind": kind, "methods": methods, "checks": db.dataset_checks(kind, methods)}
+
+
+def test_target_checks():
+    tab = _dataset_result("tabular", {
+        "vanilla": {"bmae": 1.00, "all_mae": 1.00},
+        "group-dir": {"bmae": 1.005, "all_mae": 1.06},
+        "lds": {"bmae": 0.999, "all_mae": 1.1},
+    })
+    assert tab["checks"]["bmae_best_or_within_1std"] and tab["checks"]["bmae_best_method"] == "lds"
+    assert not tab["checks"]["all_mae_not_5pct_worse_than_vanilla"]
+    stsb = _dataset_result("stsb", {
+        "vanilla": {"few_mae": 1.0, "all_mae": 0.60},
+        "group-dir": {"few_mae": 0.85, "all_mae": 0.605},
+        "rnc": {"few_mae": 0.95, "all_mae": 0.598},
+    })
+    c = stsb["checks"]
+    assert c["few_mae_lowest"] and c["few_mae_10pct_below_vanilla"] and c["all_mae_within_2pct_of_best"]
+    lines = db.check_targets({"stsb-dir": stsb, "t": tab})
+    assert sum("MET" in s and "MISSED" not in s for s in lines) == 4 and sum("MISSED" in s for s in lines) == 1
+
+
+def test_cli_end_to_end(tmp_path):
+    datasets = ["synthetic"] + ([f"tabular:{TABULAR}/concreteStrength"] if HAS_TABULAR else [])
+    out, img = tmp_path / "results", tmp_path / "img"
+    argv = [
+        "--quick", "--datasets", *datasets, "--seeds", "2", "--max-grid", "1", "--steps", "6",
+        "--max-train", "600", "--workers", "2", "--out-dir", str(out), "--img-dir", str(img), "--no-progress",
+    ]
+    results = db.main(argv)
+    expected = ["synthetic"] + (["concreteStrength"] if HAS_TABULAR else [])
+    assert sorted(results) == sorted(expected)
+    for name in expected:
+        r = json.loads((out / f"{name}.json").read_text())
+        assert set(r["methods"]) == set(METHODS)
+        assert r["protocol"]["seeds"] == 2 and r["protocol"]["config"]["epochs"] >= 1
+        for m, res in r["methods"].items():
+            assert len(res["grid"]) == (2 if METHODS[m].grouped else 1)  # one setting, two inference modes
+            assert res["chosen"]["setting"] == 0
+            assert [s["seed"] for s in res["test_per_seed"]] == [0, 1]
+            assert set(res["test_mean"]) >= {"all_mae", "few_mae", "bmae", "pearson", "all_mse", "many_gm"}
+            assert len(res["per_bin_mae_mean"]) == len(r["shot"]["bin_edges"]) - 1
+        assert math.isfinite(r["methods"]["vanilla"]["test_mean"]["all_mae"])
+        assert "| vanilla |" in (out / f"{name}.md").read_text()
+        assert (img / f"{name}-per-bin.png").stat().st_size > 1000
+        assert r["checks"]  # vanilla and group-dir are both present
+    summary = (out / "summary.md").read_text()
+    assert "## Targets" in summary and "synthetic" in summary
+    # the report can be rebuilt from the JSON alone
+    again = db.main(["--report-only", "--out-dir", str(out), "--img-dir", str(img)])
+    assert sorted(again) == sorted(expected)
