@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -125,12 +126,24 @@ class GroupBinner(nn.Module):
         Raises:
             ValueError: NaN/inf labels, an empty array, a degenerate range, or quantile edges
                 that collide because of ties.
+
+        Warns:
+            UserWarning: when some group holds no training label (its expert would never
+                train).
         """
         y = _as_label_vector(labels)
         if not self._explicit_edges:
             self._set_edges(self._edges_from(y))
         groups = self(torch.from_numpy(y).to(self.edges.device))
         self.counts.copy_(torch.bincount(groups, minlength=self.num_groups))
+        empty = int((self.counts == 0).sum())
+        if empty:
+            # An empty group's expert never trains, yet argmax may still pick it at inference.
+            warnings.warn(
+                f"{empty} of {self.num_groups} groups hold no training label, so their experts "
+                "never train; use fewer groups or strategy='quantile'",
+                stacklevel=2,
+            )
         return self
 
     def forward(self, y: Tensor) -> Tensor:
