@@ -186,6 +186,29 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def time_interleaved(cases: List[Dict], warmup: int, reps: int) -> List[Dict[str, float]]:
+    """Time several cases in alternation (ABAB...), so slow drifts of a shared machine hit
+    every variant alike; the ratio of medians is then a fair comparison."""
+    torch._dynamo.reset()
+    steps = [make_step(case) for case in cases]
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times: List[List[float]] = [[] for _ in cases]
+    for _ in range(reps):
+        for step, acc in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            _sync(cases[0]["device"])
+            acc.append(time.perf_counter() - start)
+    return [_summary(t) for t in times]
+
+
+def _summary(times: List[float]) -> Dict[str, float]:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_ms": 1e3 * statistics.median(times), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]}
+
+
 def time_case(case: Dict, warmup: int, reps: int) -> Dict[str, float]:
     torch._dynamo.reset()  # each case compiles fresh closures: do not pile up recompiles
     step = make_step(case)
@@ -198,8 +221,7 @@ def time_case(case: Dict, warmup: int, reps: int) -> Dict[str, float]:
         step()
         _sync(case["device"])
         times.append(time.perf_counter() - start)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_ms": 1e3 * statistics.median(times), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]}
+    return _summary(times)
 
 
 def _rss_kib(field: str) -> int:
@@ -300,6 +322,19 @@ def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
     return rows
 
 
+def interleaved_train_steps(cases: List[Dict], reps: int) -> List[Dict]:
+    """MSE vs Group-DIR steps of each model (eager / compiled), timed in alternation."""
+    rows: List[Dict] = []
+    pairs: Dict[tuple, List[Dict]] = {}
+    for case in cases:
+        if case["op"] == "train_step":
+            pairs.setdefault((case["model"], case["impl"].endswith("+compile")), []).append(case)
+    for members in tqdm(list(pairs.values()), desc="interleaved pairs"):
+        for case, timing in zip(members, time_interleaved(members, warmup=3, reps=reps)):
+            rows.append({**case, **timing, "interleaved": True})
+    return rows
+
+
 # ---------------------------------------------------------------------------- reporting
 def _fmt(row: Dict) -> str:
     if "skipped" in row:
@@ -368,6 +403,10 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--ops", nargs="*", help="only these ops (contrastive, soft_label, head, train_step)")
+    parser.add_argument("--interleave-train-steps", action="store_true",
+                        help="time MSE and Group-DIR training steps in alternation")
+    parser.add_argument("--reps", type=int, default=15, help="repeats for --interleave-train-steps")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/ops-<device>.json)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -375,7 +414,11 @@ def main() -> None:
         print(measure_memory_here(json.loads(args.memory_case)))
         return
     start = time.perf_counter()
-    rows = run(plan(args.quick, args.device), args.quick, memory=not args.no_memory)
+    cases = [c for c in plan(args.quick, args.device) if not args.ops or c["op"] in args.ops]
+    if args.interleave_train_steps:
+        rows = interleaved_train_steps(cases, args.reps)
+    else:
+        rows = run(cases, args.quick, memory=not args.no_memory)
     report = tables(rows)
     print(report)
     out = args.out or RESULTS / f"ops-{args.device}{'-quick' if args.quick else ''}.json"
