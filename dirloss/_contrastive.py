@@ -218,7 +218,6 @@ def continuous(
     s = similarity(z_a, z_c, kind, temperature)
     dist = torch.cdist(y_a, y_c, p=1.0) if y_a.shape[1] > 1 else (y_a - y_c.T).abs()
     # The anchor sorts first (distance -1) and its term is dropped, so it is never counted.
-    dist = dist.clone()
     _self_diagonal(dist, offset).fill_(-1.0)
     dist_sorted, order = dist.sort(dim=1)
     s_sorted = s.gather(1, order)

@@ -192,7 +192,9 @@ class GroupBinner(nn.Module):
         self.edges, self.centers = edges.to(self.edges.device), centers.to(self.centers.device)
         return self
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fitted = bool(torch.isfinite(self.edges).all())
 

@@ -286,13 +286,17 @@ def _check_contrastive_inputs(
         check_num_groups(num_groups)
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"expected chunk_size to be a positive int or None, got {chunk_size!r}")
+            raise ValueError(
+                f"expected chunk_size to be a positive int or None, got {chunk_size!r}"
+            )
     work_dtype = torch.promote_types(features.dtype, torch.float32)
     z = F.normalize(features.to(work_dtype), dim=1)
     integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
     if integer and num_groups is not None:
         if labels.dim() == 2 and labels.shape[1] != 1:
-            raise ValueError(f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}"
+            )
         return z, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
     if chunk_size is not None:
         raise ValueError(
