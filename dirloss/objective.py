@@ -154,7 +154,10 @@ class GroupDIRLoss(nn.Module):
         check_same_device("output.experts", experts, "target", target)
         check_same_device("output.experts", experts, "features", features)
         if not target.dtype.is_floating_point:
-            raise ValueError(f"expected a floating-point target, got {target.dtype}")
+            raise ValueError(
+                f"expected a floating-point target (the head's experts are {experts.dtype}), "
+                f"got {target.dtype}"
+            )
         if features.dim() != 2 or features.shape[0] != n:
             raise ValueError(
                 f"expected features of shape ({n}, D) to match the head output, "
