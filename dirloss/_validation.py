@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -63,3 +64,20 @@ def check_group_targets(name: str, target: Tensor, n: Optional[int] = None) -> N
     if target.dim() != 1 or (n is not None and target.shape[0] != n):
         expected = "(N,)" if n is None else f"({n},)"
         raise ValueError(f"expected {name} of shape {expected}, got {tuple(target.shape)}")
+
+
+def as_float64_array(values: Any) -> np.ndarray:
+    """A tensor (any device), ndarray or sequence as a float64 numpy array on the host."""
+    if isinstance(values, Tensor):
+        return values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def as_vector(values: Any, name: str) -> np.ndarray:
+    """:func:`as_float64_array` of (N,) or (N, 1) values, returned as (N,)."""
+    array = as_float64_array(values)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise ValueError(f"expected {name} to have shape (N,) or (N, 1), got {tuple(array.shape)}")
+    return array

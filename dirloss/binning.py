@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_num_groups
+from ._validation import as_float64_array, as_vector, check_num_groups
 
 __all__ = ["GroupBinner"]
 
@@ -19,11 +19,7 @@ _STRATEGIES = ("uniform", "quantile")
 
 def _as_label_vector(labels: ArrayLike) -> np.ndarray:
     """Training labels as a float64 numpy vector; accepts (N,) or (N, 1)."""
-    array = _as_numpy(labels)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1:
-        raise ValueError(f"expected labels of shape (N,) or (N, 1), got {array.shape}")
+    array = as_vector(labels, "labels")
     if array.size == 0:
         raise ValueError("expected at least one label to fit, got an empty array")
     bad = int((~np.isfinite(array)).sum())
@@ -91,7 +87,7 @@ class GroupBinner(nn.Module):
         super().__init__()
         if strategy not in _STRATEGIES:
             raise ValueError(f"expected strategy in {_STRATEGIES}, got {strategy!r}")
-        given = None if edges is None else _check_edges(_as_numpy(edges))
+        given = None if edges is None else _check_edges(as_float64_array(edges))
         if given is not None and num_groups != given.size - 1:
             raise ValueError(
                 f"expected num_groups = len(edges) - 1 = {given.size - 1}, got {num_groups!r}"
@@ -201,9 +197,3 @@ class GroupBinner(nn.Module):
 
 def _quantile_edges(y: np.ndarray, num_groups: int) -> np.ndarray:
     return np.quantile(y, np.linspace(0.0, 1.0, num_groups + 1))
-
-
-def _as_numpy(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, Tensor):
-        return values.detach().cpu().double().numpy()
-    return np.asarray(values, dtype=np.float64)

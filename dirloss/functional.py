@@ -247,10 +247,9 @@ def group_contrastive_loss(
         >>> features.grad.shape
         torch.Size([8, 16])
     """
-    z, y, num_groups = _check_contrastive_inputs(
-        features, labels, num_groups, temperature, similarity, chunk_size
-    )
+    _check_contrastive_inputs(features, labels, num_groups, temperature, similarity, chunk_size)
     check_reduction(reduction)
+    z, y, num_groups = _prepare_contrastive(features, labels, num_groups)
     if z.shape[0] == 0:  # an empty batch: a zero that stays in the graph
         return reduce(z.sum(dim=1) * 0.0, reduction)
     per_anchor = _contrast_sums(
@@ -266,8 +265,8 @@ def _check_contrastive_inputs(
     temperature: float,
     similarity: str,
     chunk_size: Optional[int] = None,
-) -> "tuple[Tensor, Tensor, Optional[int]]":
-    """Validate, normalise the features and shape the labels for :func:`_contrast_sums`."""
+) -> None:
+    """Validate the hyper-parameters and the shapes, dtypes and devices of a batch."""
     check_positive("temperature", temperature)
     if similarity not in _SIMILARITIES:
         raise ValueError(f"expected similarity in {_SIMILARITIES}, got {similarity!r}")
@@ -289,20 +288,32 @@ def _check_contrastive_inputs(
             raise ValueError(
                 f"expected chunk_size to be a positive int or None, got {chunk_size!r}"
             )
-    work_dtype = torch.promote_types(features.dtype, torch.float32)
-    z = F.normalize(features.to(work_dtype), dim=1)
-    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
-    if integer and num_groups is not None:
+    if _uses_group_kernel(labels, num_groups):
         if labels.dim() == 2 and labels.shape[1] != 1:
             raise ValueError(
                 f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}"
             )
-        return z, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
-    if chunk_size is not None:
+    elif chunk_size is not None:
         raise ValueError(
             "expected integer group labels with num_groups when chunk_size is set (only the "
             f"fused group kernel is chunked), got {labels.dtype} labels, num_groups={num_groups}"
         )
+
+
+def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
+    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
+    return integer and num_groups is not None
+
+
+def _prepare_contrastive(
+    features: Tensor, labels: Tensor, num_groups: Optional[int]
+) -> "tuple[Tensor, Tensor, Optional[int]]":
+    """Normalise checked features and shape the labels for :func:`_contrast_sums`; the
+    returned ``num_groups`` is None when the continuous kernel applies."""
+    work_dtype = torch.promote_types(features.dtype, torch.float32)
+    z = F.normalize(features.to(work_dtype), dim=1)
+    if num_groups is not None and _uses_group_kernel(labels, num_groups):
+        return z, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
     return z, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
 
 

@@ -153,10 +153,7 @@ class GroupContrastiveLoss(nn.Module):
             features, labels, self.num_groups, self.temperature, self.similarity, self.chunk_size
         )
         all_features, all_labels, offset = gather_batch(features, labels)
-        z_c, y_c, num_groups = DF._check_contrastive_inputs(
-            all_features, all_labels, self.num_groups, self.temperature, self.similarity,
-            self.chunk_size,
-        )
+        z_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
         n = features.shape[0]
         per_anchor = DF._contrast_sums(
             z_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size

@@ -12,9 +12,8 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from dirloss._validation import check_positive
+from dirloss._validation import as_float64_array, as_vector, check_positive
 
 __all__ = ["GM_EPS", "EDGE_RTOL", "REGIONS", "shot_metrics", "stsb_dir_regions"]
 
@@ -38,21 +37,6 @@ _METRIC_KEYS = ("mae", "mse", "gm", "count")
 ArrayLike = Any  # torch.Tensor, np.ndarray or a sequence of numbers
 
 
-def _to_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _as_vector(x: ArrayLike, name: str) -> np.ndarray:
-    arr = _to_numpy(x)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise ValueError(f"expected {name} to have shape (N,) or (N, 1), got {tuple(arr.shape)}")
-    return arr
-
-
 def _check_finite(arr: np.ndarray, name: str) -> None:
     bad = int(np.count_nonzero(~np.isfinite(arr)))
     if bad:
@@ -63,7 +47,7 @@ def _make_edges(
     bin_edges: ArrayLike | None, bin_width: float, labels: np.ndarray
 ) -> np.ndarray:
     if bin_edges is not None:
-        edges = _to_numpy(bin_edges)
+        edges = as_float64_array(bin_edges)
         if edges.ndim != 1 or edges.size < 2:
             raise ValueError(
                 f"expected bin_edges to be 1-D with >= 2 entries, got shape {tuple(edges.shape)}"
@@ -196,14 +180,14 @@ def shot_metrics(
         >>> out["many"], out["few"]["count"], out["bmae"]
         ({'mae': 0.5, 'mse': 0.25, 'gm': 0.5, 'count': 1}, 1, 0.5)
     """
-    pred_np = _as_vector(pred, "pred")
-    target_np = _as_vector(target, "target")
+    pred_np = as_vector(pred, "pred")
+    target_np = as_vector(target, "target")
     if pred_np.shape != target_np.shape:
         raise ValueError(
             f"expected pred and target of the same shape, got {tuple(pred_np.shape)} "
             f"and {tuple(target_np.shape)}"
         )
-    train_np = _to_numpy(train_target).reshape(-1)
+    train_np = as_float64_array(train_target).reshape(-1)
     for arr, name in ((pred_np, "pred"), (target_np, "target"), (train_np, "train_target")):
         _check_finite(arr, name)
     bin_width = check_positive("bin_width", bin_width)
