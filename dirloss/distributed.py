@@ -18,8 +18,8 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_sizes(n: int, device: torch.device) -> List[int]:
-    """Every rank's ``n``, in rank order (a collective; syncs with the host)."""
+def _all_ints(n: int, device: torch.device) -> List[int]:
+    """Every rank's ``n`` (a size, a flag), in rank order (a collective; syncs with the host)."""
     size = torch.tensor([n], device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
@@ -73,7 +73,7 @@ def gather_batch(features: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor, int]
         ``(all_features, all_labels, offset)``: the global batch in rank order and the row of
         this rank's first local sample in it.
     """
-    sizes = _all_sizes(features.shape[0], features.device)
+    sizes = _all_ints(features.shape[0], features.device)
     all_features = _GatherWithGrad.apply(features, sizes)
     all_labels = _gather_rows(labels.detach(), sizes)
     return all_features, all_labels, sum(sizes[: dist.get_rank()])
@@ -87,7 +87,7 @@ def _comm_device(t: Tensor) -> torch.device:
 
 
 def _check_num_groups_match(binner: GroupBinner) -> None:
-    groups = [s - 1 for s in _all_sizes(binner.edges.numel(), _comm_device(binner.edges))]
+    groups = [s - 1 for s in _all_ints(binner.edges.numel(), _comm_device(binner.edges))]
     if len(set(groups)) > 1:
         raise RuntimeError(
             f"expected the same GroupBinner num_groups on every rank, got {groups} (in rank "
@@ -131,10 +131,8 @@ def check_binner_consistent(binner: GroupBinner) -> None:
     reference = edges.clone()
     dist.broadcast(reference, 0)
     same = (edges == reference) | (edges.isnan() & reference.isnan())
-    differs = (~same).any().to(torch.int64).reshape(1)
-    flags = [torch.zeros_like(differs) for _ in range(dist.get_world_size())]
-    dist.all_gather(flags, differs)
-    bad = [rank for rank, flag in enumerate(flags) if int(flag)]
+    flags = _all_ints(int(not bool(same.all())), edges.device)
+    bad = [rank for rank, flag in enumerate(flags) if flag]
     if bad:
         raise RuntimeError(
             f"GroupBinner edges differ across ranks: expected every rank to match rank 0, "
