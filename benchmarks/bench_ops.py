@@ -189,11 +189,12 @@ def _sync(device: str) -> None:
 def time_interleaved(cases: List[Dict], warmup: int, reps: int) -> List[Dict[str, float]]:
     """Time several cases in alternation (ABAB...), so slow drifts of a shared machine hit
     every variant alike; the ratio of medians is then a fair comparison."""
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # each case compiles fresh closures: do not pile up recompiles
     steps = [make_step(case) for case in cases]
     for _ in range(warmup):
         for step in steps:
             step()
+    _sync(cases[0]["device"])
     times: List[List[float]] = [[] for _ in cases]
     for _ in range(reps):
         for step, acc in zip(steps, times):
@@ -210,18 +211,7 @@ def _summary(times: List[float]) -> Dict[str, float]:
 
 
 def time_case(case: Dict, warmup: int, reps: int) -> Dict[str, float]:
-    torch._dynamo.reset()  # each case compiles fresh closures: do not pile up recompiles
-    step = make_step(case)
-    for _ in range(warmup):
-        step()
-    _sync(case["device"])
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        step()
-        _sync(case["device"])
-        times.append(time.perf_counter() - start)
-    return _summary(times)
+    return time_interleaved([case], warmup, reps)[0]
 
 
 def _rss_kib(field: str) -> int:
