@@ -14,6 +14,7 @@ Each kernel returns the per-anchor sum :math:`\sum_{j \ne i} \ell_{ij}` of shape
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Tuple
 
 import torch
@@ -26,16 +27,20 @@ def similarity(z_a: Tensor, z_c: Tensor, kind: str, temperature: float) -> Tenso
 
     The rows are unit vectors, so ``||a - b||^2 = 2 - 2 <a, b>``: one matmul. The squared
     distance is clamped at ``eps`` so the square root stays differentiable when two samples
-    coincide. Without autograd recording (inside the kernel) the steps run in place.
+    coincide. Without autograd recording (inside the kernel) the steps run in place, and one
+    ``addmm`` gives ``||a - b||^2 / T^2``.
     """
-    s = z_a @ z_c.T
-    inplace = not (torch.is_grad_enabled() and s.requires_grad)
+    eps = torch.finfo(z_a.dtype).eps
+    if torch.is_grad_enabled() and (z_a.requires_grad or z_c.requires_grad):
+        s = z_a @ z_c.T
+        if kind == "cosine":
+            return s / temperature
+        return (2.0 - 2.0 * s).clamp_min(eps).sqrt() / -temperature
     if kind == "cosine":
-        return s.div_(temperature) if inplace else s / temperature
-    eps = torch.finfo(s.dtype).eps
-    if inplace:
-        return s.mul_(-2.0).add_(2.0).clamp_min_(eps).sqrt_().div_(-temperature)
-    return (2.0 - 2.0 * s).clamp_min(eps).sqrt() / -temperature
+        return (z_a @ z_c.T).div_(temperature)
+    scale = 1.0 / temperature**2
+    squared = torch.addmm(z_a.new_full((1, 1), 2.0 * scale), z_a, z_c.T, alpha=-2.0 * scale)
+    return squared.clamp_min_(eps * scale).sqrt_().neg_()
 
 
 def _self_diagonal(x: Tensor, offset: int) -> Tensor:
@@ -43,34 +48,78 @@ def _self_diagonal(x: Tensor, offset: int) -> Tensor:
     return x.diagonal(offset=offset)
 
 
-def _fold_by_distance(per_group: Tensor, y: Tensor, log_space: bool = False) -> Tensor:
-    r"""Turn per-group totals into per-distance totals for each anchor.
+# Largest logit range 2 / T (by working dtype) for which the linear-space forward is exact:
+# there every e^{s_ik - shift} lies in [e^{-2/T}, 1], a normal number (float32 underflows
+# below e^-87, float64 below e^-708), so no denominator can vanish. Smaller temperatures take
+# the log-space forward, which shifts every group by its own max.
+_LINEAR_LOGIT_RANGE = {torch.float32: 64.0, torch.float64: 600.0}
 
-    ``out[i, l] = per_group[i, y_i - l] + per_group[i, y_i + l]`` (terms outside ``[0, G)``
-    dropped; ``l = 0`` counted once): the total over the samples ``l`` groups away from
-    anchor ``i``. With ``log_space`` the inputs are logs and ``+`` is ``logaddexp``.
-    Shapes: ``per_group`` (n, G) or (G,), ``y`` (n,); returns (n, G).
+_NORM_EPS = 1e-12  # as F.normalize
+
+
+class _Levels:
+    """Index tables between groups and distance levels ("l groups away") for G groups.
+
+    For an anchor in group ``y`` and per-group values ``p`` (G,), the tail at level ``l`` is
+    ``sum_{g : |g - y| >= l} p_g``: the total for ``l = 0``, else the prefix sum up to
+    ``y - l`` plus the suffix sum from ``y + l`` (a part outside ``[0, G)`` is empty). One
+    matmul with ``scan`` (G, 2G) gives every prefix and suffix sum; ``tail_index`` (G, 2G)
+    picks the two parts of each level (column ``2G`` is an appended zero). ``level_index``
+    does the same for the exact level (groups ``y - l`` and ``y + l``), and ``distance`` is
+    ``|y - g|`` (G, G). O(n G^2) for n anchors, with no scatter.
     """
-    num_groups = per_group.shape[-1]
-    empty = float("-inf") if log_space else 0.0
-    padded = F.pad(per_group, (num_groups, num_groups), value=empty)
-    padded = padded.expand(y.shape[0], 3 * num_groups)
-    levels = torch.arange(num_groups, device=y.device)
-    centre = (y + num_groups)[:, None]
-    up = padded.gather(1, centre + levels)
-    down = padded.gather(1, centre - levels)
-    down[:, 0] = empty
-    return torch.logaddexp(up, down) if log_space else up + down
+
+    def __init__(self, num_groups: int, dtype: torch.dtype, device: torch.device) -> None:
+        with torch.inference_mode(False):  # cached: must outlive an inference_mode block
+            groups = torch.arange(num_groups, device=device)
+            y, level = groups[:, None], groups[None, :]
+            self.scan = torch.cat([y <= level, y >= level], dim=1).to(dtype)
+            empty = 2 * num_groups
+            below = torch.where(y >= level, y - level, empty)
+            above = torch.where((level > 0) & (y + level < num_groups), y + level, empty)
+            self.tail_index = torch.cat(
+                [torch.where(level == 0, num_groups - 1, below), above + num_groups], dim=1
+            ).clamp_max_(empty)
+            self.level_index = torch.cat([below, above], dim=1).clamp_max_(num_groups)
+            self.distance = (y - level).abs()
+
+    def tails(self, per_group: Tensor, y: Tensor) -> Tensor:
+        """``out[i, l] = sum_{g : |g - y_i| >= l} per_group[i, g]``, (n, G) from (n, G)."""
+        scans = F.pad(per_group @ self.scan, (0, 1))
+        parts = scans.gather(1, self.tail_index.index_select(0, y))
+        return parts.view(y.shape[0], 2, -1).sum(dim=1)
+
+    def counts(self, hist: Tensor) -> Tensor:
+        """``C[y, l]``: how many samples ``k != i`` lie ``l`` groups from an anchor ``i`` in
+        group ``y``, from the group histogram of the contrast set; (G, G)."""
+        parts = F.pad(hist, (0, 1))[self.level_index]
+        count = parts.view(hist.shape[0], 2, -1).sum(dim=1)
+        count[:, 0] -= 1.0  # the anchor itself
+        return count
+
+    def unfold(self, per_level: Tensor, y: Tensor) -> Tensor:
+        """``out[i, g] = per_level[i, |y_i - g|]``: from levels back to groups, (n, G)."""
+        return per_level.gather(1, self.distance.index_select(0, y))
 
 
-def _unfold_by_distance(per_level: Tensor, y: Tensor) -> Tensor:
-    """``out[i, g] = per_level[i, |y_i - g|]``: from distance levels back to groups, (n, G)."""
-    groups = torch.arange(per_level.shape[1], device=y.device)
-    return per_level.gather(1, (y[:, None] - groups).abs())
+@functools.lru_cache(maxsize=16)
+def _cached_levels(num_groups: int, dtype: torch.dtype, device: torch.device) -> _Levels:
+    return _Levels(num_groups, dtype, device)
+
+
+def _levels(num_groups: int, dtype: torch.dtype, device: torch.device) -> _Levels:
+    """The tables for G groups, built once per (G, dtype, device) in eager mode (otherwise a
+    few dozen microseconds of small ops per call); traced inline under compile."""
+    if _is_compiling():
+        return _Levels(num_groups, dtype, device)
+    return _cached_levels(num_groups, dtype, device)
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
 
 
 class _GroupContrast(torch.autograd.Function):
-    r"""Integer-group kernel with an analytic backward, in log space.
+    r"""Integer-group kernel with an analytic backward; normalises the features itself.
 
     With ``C_i(l)`` the number of ``k != i`` at group distance ``l`` from anchor ``i`` and
     :math:`D_i(l) = \sum_{k \ne i,\, d_{ik} \ge l} e^{s_{ik}}` the denominator, the
@@ -80,16 +129,18 @@ class _GroupContrast(torch.autograd.Function):
         \sum_{j \ne i} \ell_{ij} = -\sum_{j \ne i} s_{ij} + \sum_l C_i(l) \log D_i(l),
 
     and :math:`\partial / \partial s_{ik} = e^{s_{ik}} A_i(d_{ik}) - 1` with
-    :math:`A_i(l) = \sum_{l' \le l} C_i(l') / D_i(l')`. ``log D`` is built from per-group
-    log-sum-exps (each group shifted by its own max) and a reverse ``logcumsumexp`` over
-    levels, so no denominator underflows however small the temperature; and
-    :math:`e^{s_{ik}} A_i(d_{ik}) \le N` never overflows.
+    :math:`A_i(l) = \sum_{l' \le l} C_i(l') / D_i(l')`. Per-group sums of :math:`e^{s}` come
+    from one matmul with the one-hot group matrix, and :math:`D` from their prefix and suffix
+    sums (:class:`_Levels`). Below the temperature of ``_LINEAR_LOGIT_RANGE`` the forward
+    works in log space instead (each group shifted by its own max), so no denominator
+    underflows however small the temperature; :math:`e^{s_{ik}} A_i(d_{ik}) \le N` never
+    overflows.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        z_c: Tensor,
+        x_c: Tensor,
         y_c: Tensor,
         offset: int,
         n_anchors: int,
@@ -100,39 +151,52 @@ class _GroupContrast(torch.autograd.Function):
     ) -> Tensor:
         # The anchors are a slice of the contrast set, passed once (compile needs distinct
         # inputs); their gradient is folded back into that slice in backward.
-        hist = torch.zeros(num_groups, dtype=z_c.dtype, device=z_c.device)
-        hist.scatter_add_(0, y_c, torch.ones_like(y_c, dtype=z_c.dtype))
+        norm = torch.linalg.vector_norm(x_c, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
+        z_c = x_c / norm
+        one_hot = torch.zeros(z_c.shape[0], num_groups, dtype=z_c.dtype, device=z_c.device)
+        one_hot.scatter_(1, y_c[:, None], 1.0)
+        linear = 2.0 / temperature <= _LINEAR_LOGIT_RANGE.get(z_c.dtype, 0.0)
+        levels = _levels(num_groups, z_c.dtype, z_c.device)
+        counts = levels.counts(one_hot.sum(dim=0))
+        rows = _linear_rows if linear else _log_rows
         chunks = _chunks(offset, n_anchors, chunk_size)
         parts = [
-            _forward_rows(z_c, y_c, hist, lo, hi, kind, temperature, keep=chunk_size is None)
+            rows(z_c, y_c, one_hot, levels, counts, lo, hi, kind, temperature, chunk_size is None)
             for lo, hi in chunks
         ]
-        loss, log_a, s = (torch.cat(part) for part in zip(*parts))
+        loss, log_a, s = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))
         # Unchunked, the (n, N) similarities are kept: backward then needs no second matmul.
         # Chunked, only (n, G) tables are kept and each block is recomputed.
-        ctx.save_for_backward(z_c, y_c, log_a, s)
+        ctx.save_for_backward(z_c, norm, y_c, log_a, s)
         ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
+        ctx.levels = levels
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        z_c, y_c, log_a, saved = ctx.saved_tensors
+        z_c, norm, y_c, log_a, saved = ctx.saved_tensors
         if saved.numel() and ctx.offset == 0 and grad.shape[0] == z_c.shape[0]:
             # Anchors = contrast set: d<z_i, z_k> enters twice, so fold g into g + g^T.
-            g = _grad_rows(saved, y_c, y_c, log_a, grad, 0, ctx.kind, ctx.temperature)
-            return (g + g.T) @ z_c, None, None, None, None, None, None, None
-        grad_c = torch.zeros_like(z_c)
-        for lo, hi in ctx.chunks:
-            rows = slice(lo - ctx.offset, hi - ctx.offset)
-            s = saved[rows] if saved.numel() else similarity(
-                z_c[lo:hi], z_c, ctx.kind, ctx.temperature
-            )
             g = _grad_rows(
-                s, y_c, y_c[lo:hi], log_a[rows], grad[rows], lo, ctx.kind, ctx.temperature
+                saved, y_c, y_c, log_a, grad, 0, ctx.kind, ctx.temperature, ctx.levels
             )
-            grad_c.addmm_(g.T, z_c[lo:hi])
-            grad_c[lo:hi].addmm_(g, z_c)
-        return grad_c, None, None, None, None, None, None, None
+            grad_z = (g + g.T) @ z_c
+        else:
+            grad_z = torch.zeros_like(z_c)
+            for lo, hi in ctx.chunks:
+                rows = slice(lo - ctx.offset, hi - ctx.offset)
+                s = saved[rows] if saved.numel() else similarity(
+                    z_c[lo:hi], z_c, ctx.kind, ctx.temperature
+                )
+                g = _grad_rows(
+                    s, y_c, y_c[lo:hi], log_a[rows], grad[rows], lo, ctx.kind, ctx.temperature,
+                    ctx.levels,
+                )
+                grad_z.addmm_(g.T, z_c[lo:hi])
+                grad_z[lo:hi].addmm_(g, z_c)
+        # z = x / |x|  =>  dx = (dz - z <z, dz>) / |x|  (just dz / eps where |x| was clamped)
+        along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None].masked_fill_(norm <= _NORM_EPS, 0.0)
+        return grad_z.sub_(z_c * along).div_(norm), None, None, None, None, None, None, None
 
 
 def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tuple[int, int]]":
@@ -142,12 +206,32 @@ def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tup
     return [(lo, min(lo + step, end)) for lo in range(offset, end, max(step, 1))] or [(end, end)]
 
 
-def _forward_rows(
-    z_c: Tensor, y_c: Tensor, hist: Tensor, lo: int, hi: int, kind: str, temperature: float,
-    keep: bool,
+def _linear_rows(
+    z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor, lo: int,
+    hi: int, kind: str, temperature: float, keep: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Loss sums (n,), ``log A`` (n, G) by level, and the similarities if ``keep`` (else an
-    empty tensor), for the anchors ``lo..hi-1``."""
+    empty tensor), for the anchors ``lo..hi-1``, in linear space (2 / T small enough)."""
+    y_a = y_c[lo:hi]
+    s = similarity(z_c[lo:hi], z_c, kind, temperature)
+    shift = 1.0 / temperature if kind == "cosine" else 0.0  # so that s - shift <= 0
+    e = (s - shift).exp_() if shift else s.exp()
+    _self_diagonal(e, lo).zero_()
+    denom = levels.tails((one_hot.T @ e.T).T, y_a)  # D_i(l) e^{-shift}
+    count = counts.index_select(0, y_a)
+    s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
+    loss = torch.xlogy(count, denom).sum(dim=1) + shift * (z_c.shape[0] - 1) - s_sum
+    # A where C > 0 (there D > 0); 0 / tiny = 0 elsewhere, and log 0 = -inf is never used.
+    ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
+    log_a = ratio.cumsum_(dim=1).log_().sub_(shift)
+    return loss, log_a, s if keep else s.new_zeros(0, s.shape[1])
+
+
+def _log_rows(
+    z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor, lo: int,
+    hi: int, kind: str, temperature: float, keep: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """As :func:`_linear_rows`, in log space: exact at any temperature."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
     s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
@@ -156,64 +240,80 @@ def _forward_rows(
     # log-sum-exp of s over each group of the contrast set, each group shifted by its max
     # (empty groups get a finite shift so that -inf - shift stays -inf, never NaN).
     by_group = y_c.expand_as(work)
-    group_max = work.new_full((work.shape[0], hist.shape[0]), float("-inf"))
+    group_max = work.new_full((work.shape[0], counts.shape[0]), float("-inf"))
     group_max = group_max.scatter_reduce_(1, by_group, work, "amax").clamp_min_(-1e30)
     per_group = torch.zeros_like(group_max).scatter_add_(
-        1, by_group, work.sub_(group_max.gather(1, by_group)).exp_()
+        1, by_group, work.sub_(group_max.index_select(1, y_c)).exp_()
     )
     del work
-    log_level = _fold_by_distance(per_group.log_().add_(group_max), y_a, log_space=True)
+    log_level = _fold_by_distance(per_group.log_().add_(group_max), y_a)
     log_denom = log_level.flip(1).logcumsumexp(1).flip(1)
-    count = _fold_by_distance(hist, y_a)
-    count[:, 0] -= 1.0  # the anchor itself
+    count = counts.index_select(0, y_a)
     present = count > 0  # where C > 0 the denominator is finite; elsewhere it is unused
     loss = -s_sum + torch.where(present, count * log_denom, 0.0).sum(dim=1)
     ratio = torch.where(present, count.log() - log_denom, float("-inf"))
-    log_a = ratio.logcumsumexp(1)
-    return loss, log_a, s if keep else s.new_zeros(0, s.shape[1])
+    return loss, ratio.logcumsumexp(1), s if keep else s.new_zeros(0, s.shape[1])
+
+
+def _fold_by_distance(log_group: Tensor, y: Tensor) -> Tensor:
+    """``out[i, l] = logaddexp(log_group[i, y_i - l], log_group[i, y_i + l])`` (terms outside
+    ``[0, G)`` dropped; ``l = 0`` counted once): the log-total ``l`` groups from anchor ``i``."""
+    num_groups = log_group.shape[1]
+    padded = F.pad(log_group, (num_groups, num_groups), value=float("-inf"))
+    levels = torch.arange(num_groups, device=y.device)
+    centre = (y + num_groups)[:, None]
+    up = padded.gather(1, centre + levels)
+    down = padded.gather(1, centre - levels)
+    down[:, 0] = float("-inf")
+    return torch.logaddexp(up, down)
 
 
 def _grad_rows(
     s: Tensor, y_c: Tensor, y_a: Tensor, log_a: Tensor, grad: Tensor, lo: int, kind: str,
-    temperature: float,
+    temperature: float, levels: _Levels,
 ) -> Tensor:
     """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified)."""
-    # dL/ds_ik = grad_i * (e^{s_ik} A_i(d_ik) - 1) for k != i, built in one new buffer.
-    log_a_by_group = _unfold_by_distance(log_a, y_a)
-    g = (s + log_a_by_group.gather(1, y_c.expand_as(s))).exp_().sub_(1.0)
+    # dL/ds_ik = grad_i * (e^{s_ik} A_i(d_ik) - 1) for k != i, built in one new buffer, with
+    # ds/d<a, c> folded into the per-anchor factor: 1 / T ("cosine"), or for "l2"
+    # (s = -dist / T, dist = sqrt(2 - 2<a, c>)) 1 / (T dist) = -1 / (T^2 s).
+    log_a_by_group = levels.unfold(log_a, y_a)
+    g = (s + log_a_by_group.index_select(1, y_c)).exp_().sub_(1.0)
     _self_diagonal(g, lo).zero_()
-    g.mul_(grad[:, None])
     if kind == "cosine":
-        return g.div_(temperature)
-    # s = -dist / T with dist = sqrt(2 - 2<a, c>)  =>  ds/d<a, c> = 1 / (T dist) = -1 / (T^2 s),
-    # and 0 where the squared distance was clamped at eps (s = -sqrt(eps) / T).
-    clamped = -(torch.finfo(s.dtype).eps ** 0.5) / temperature
-    return g.div_(s).mul_(-1.0 / temperature**2).masked_fill_(s >= clamped, 0.0)
+        return g.mul_(grad[:, None] / temperature)
+    g.mul_(grad[:, None] / -temperature**2).div_(s)
+    # 0 where the squared distance was clamped at eps (there s = -sqrt(eps) / T, the largest
+    # value s takes; the 0.1% margin absorbs rounding): a {0, 1} factor, cheaper than a mask.
+    floor = -((torch.finfo(s.dtype).eps / temperature**2) ** 0.5) * 1.001
+    return g.mul_((floor - s).clamp_min_(0.0).sign_())
 
 
 def grouped(
-    z_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, num_groups: int, kind: str,
+    x_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, num_groups: int, kind: str,
     temperature: float, chunk_size: Optional[int] = None,
 ) -> Tensor:
-    """Per-anchor loss sums for integer groups in ``[0, num_groups)``, O(nN + nG).
+    """Per-anchor loss sums for integer groups in ``[0, num_groups)``, O(nN + nG^2).
 
-    ``chunk_size`` processes the anchors in row blocks: peak memory O(chunk_size * N).
+    ``x_c`` are raw features (normalised inside, with a fused backward). ``chunk_size``
+    processes the anchors in row blocks: peak memory O(chunk_size * N).
     """
     out = _GroupContrast.apply(
-        z_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size
+        x_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size
     )
     return out  # type: ignore[no-any-return]
 
 
 def continuous(
-    z_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, kind: str, temperature: float
+    x_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, kind: str, temperature: float
 ) -> Tensor:
     """Per-anchor loss sums for real-valued labels (Rank-N-Contrast), O(nN log N).
 
     Each row is sorted by label distance; the denominator of a pair is the reverse cumulative
     sum at the first position of its tie run, so every ``k`` with ``d_ik == d_ij`` counts.
-    ``y`` has shape (n, L) / (N, L); the distance is the L1 norm over L.
+    ``x_c`` are raw features (normalised here); ``y`` has shape (n, L) / (N, L); the
+    distance is the L1 norm over L.
     """
+    z_c = F.normalize(x_c, dim=1)
     z_a, y_a = z_c[offset : offset + n_anchors], y_c[offset : offset + n_anchors]
     s = similarity(z_a, z_c, kind, temperature)
     dist = torch.cdist(y_a, y_c, p=1.0) if y_a.shape[1] > 1 else (y_a - y_c.T).abs()

@@ -249,13 +249,13 @@ def group_contrastive_loss(
     """
     _check_contrastive_inputs(features, labels, num_groups, temperature, similarity, chunk_size)
     check_reduction(reduction)
-    z, y, num_groups = _prepare_contrastive(features, labels, num_groups)
-    if z.shape[0] == 0:  # an empty batch: a zero that stays in the graph
-        return reduce(z.sum(dim=1) * 0.0, reduction)
+    x, y, num_groups = _prepare_contrastive(features, labels, num_groups)
+    if x.shape[0] == 0:  # an empty batch: a zero that stays in the graph
+        return reduce(x.sum(dim=1) * 0.0, reduction)
     per_anchor = _contrast_sums(
-        z, y, 0, z.shape[0], num_groups, similarity, temperature, chunk_size
+        x, y, 0, x.shape[0], num_groups, similarity, temperature, chunk_size
     )
-    return reduce(per_anchor / max(z.shape[0] - 1, 1), reduction)
+    return reduce(per_anchor / max(x.shape[0] - 1, 1), reduction)
 
 
 def _check_contrastive_inputs(
@@ -308,17 +308,18 @@ def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
 def _prepare_contrastive(
     features: Tensor, labels: Tensor, num_groups: Optional[int]
 ) -> "tuple[Tensor, Tensor, Optional[int]]":
-    """Normalise checked features and shape the labels for :func:`_contrast_sums`; the
-    returned ``num_groups`` is None when the continuous kernel applies."""
+    """Cast checked features to the working dtype and shape the labels for
+    :func:`_contrast_sums` (the kernels normalise); the returned ``num_groups`` is None when
+    the continuous kernel applies."""
     work_dtype = torch.promote_types(features.dtype, torch.float32)
-    z = F.normalize(features.to(work_dtype), dim=1)
+    x = features.to(work_dtype)
     if num_groups is not None and _uses_group_kernel(labels, num_groups):
-        return z, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
-    return z, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
+        return x, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
+    return x, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
 
 
 def _contrast_sums(
-    z: Tensor,
+    x: Tensor,
     y: Tensor,
     offset: int,
     n_anchors: int,
@@ -327,10 +328,11 @@ def _contrast_sums(
     temperature: float,
     chunk_size: Optional[int] = None,
 ) -> Tensor:
-    """Per-anchor sums of ``l_ij`` (n,) for the anchors ``z[offset : offset + n_anchors]``."""
-    with torch.autocast(z.device.type, enabled=False):
+    """Per-anchor sums of ``l_ij`` (n,) for the anchors ``x[offset : offset + n_anchors]``
+    (raw features of the working dtype; the kernels normalise them)."""
+    with torch.autocast(x.device.type, enabled=False):
         if num_groups is not None:
             return _contrastive.grouped(
-                z, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size
+                x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size
             )
-        return _contrastive.continuous(z, y, offset, n_anchors, similarity, temperature)
+        return _contrastive.continuous(x, y, offset, n_anchors, similarity, temperature)

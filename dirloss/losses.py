@@ -153,12 +153,12 @@ class GroupContrastiveLoss(nn.Module):
             features, labels, self.num_groups, self.temperature, self.similarity, self.chunk_size
         )
         all_features, all_labels, offset = gather_batch(features, labels)
-        z_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
+        x_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
         n = features.shape[0]
         per_anchor = DF._contrast_sums(
-            z_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size
+            x_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size
         )
-        return reduce(per_anchor / max(z_c.shape[0] - 1, 1), self.reduction)
+        return reduce(per_anchor / max(x_c.shape[0] - 1, 1), self.reduction)
 
     def extra_repr(self) -> str:
         return (
