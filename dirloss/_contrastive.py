@@ -180,7 +180,8 @@ class _GroupContrast(torch.autograd.Function):
             g = _grad_rows(
                 saved, y_c, y_c, log_a, grad, 0, ctx.kind, ctx.temperature, ctx.levels
             )
-            grad_z = (g + g.T) @ z_c
+            # (a blocked transpose copy, then a plain add: g + g.T reads g.T with stride N)
+            grad_z = g.T.contiguous().add_(g) @ z_c
         else:
             grad_z = torch.zeros_like(z_c)
             for lo, hi in ctx.chunks:
