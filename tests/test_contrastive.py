@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirloss import GroupContrastiveLoss
+from dirloss import GroupContrastiveLoss, _contrastive
 from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -231,6 +231,81 @@ def test_gradient_matches_autograd_through_loop(kernel, reduction, similarity):
         (expected * weight).sum() if expected.dim() else expected, ref_features
     )
     torch.testing.assert_close(g_got, g_exp, atol=1e-9, rtol=1e-8)
+
+
+# The fused kernel's forward runs in linear space when e^{-2/T} is a normal float of the
+# working dtype and in log space below that temperature: both must give the same loss and
+# gradients wherever both are exact (forcing the log path by emptying the linear range).
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_linear_and_log_space_forwards_agree(monkeypatch, similarity, temperature, chunk_size):
+    labels = INT_LABELS["spread"]
+    features = randn(labels.shape[0], 4, requires_grad=True)
+    weight = randn(labels.shape[0])
+    kw = {"num_groups": G, "temperature": temperature, "similarity": similarity,
+          "reduction": "none", "chunk_size": chunk_size}
+    linear = loss_fn(features, labels, **kw)
+    (g_linear,) = torch.autograd.grad((linear * weight).sum(), features)
+    monkeypatch.setitem(_contrastive._LINEAR_LOGIT_RANGE, torch.float64, 0.0)
+    log_space = loss_fn(features, labels, **kw)
+    (g_log,) = torch.autograd.grad((log_space * weight).sum(), features)
+    torch.testing.assert_close(linear, log_space, **F64)
+    torch.testing.assert_close(g_linear, g_log, **F64)
+    torch.testing.assert_close(linear, ref_loss(features, labels, temperature, similarity,
+                                                "none"), **F64)
+
+
+# Duplicated samples: the squared distance between them is clamped at eps, where the
+# gradient of the distance is 0 (as autograd through the loop gives at a zero difference);
+# only the clamped pairs are cut off, the other pairs of those samples still count.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kernel", ["fused", "sort"])
+def test_duplicate_samples_gradient_matches_loop(kernel, dtype):
+    base = randn(5, 3)
+    features = torch.cat([base, base[:2]]).to(dtype).requires_grad_()  # rows 5, 6 = rows 0, 1
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 3])
+    num_groups = G if kernel == "fused" else None
+    got = loss_fn(features, labels, num_groups=num_groups, temperature=0.2)
+    (g_got,) = torch.autograd.grad(got, features)
+    ref_features = features.detach().double().requires_grad_()
+    (g_exp,) = torch.autograd.grad(ref_loss(ref_features, labels, 0.2, "l2", "mean"),
+                                   ref_features)
+    # The clamped pair's similarity is -sqrt(eps) / T instead of 0: e^s is off by ~0.2% in
+    # float32 (both kernels alike), ~1e-8 in float64.
+    tol = {"atol": 1e-4, "rtol": 5e-3} if dtype == torch.float32 else {"atol": 1e-6, "rtol": 1e-6}
+    torch.testing.assert_close(g_got.double(), g_exp, **tol)
+
+
+# A zero feature row (a dead ReLU layer): normalisation clamps its norm at 1e-12, and the
+# fused kernel's own normalisation backward must equal autograd through F.normalize (the
+# sort kernel's path), also there.
+def test_zero_feature_row_matches_autograd_normalisation():
+    features = randn(6, 3)
+    features[2] = 0.0
+    features.requires_grad_()
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    grads = []
+    for labels_, num_groups in ((labels, 3), (labels.double(), None)):
+        loss = loss_fn(features, labels_, num_groups=num_groups, similarity="cosine")
+        grads.append(torch.autograd.grad(loss, features)[0])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-9, rtol=1e-9)
+    assert grads[0][2].abs().max() > 0  # the row does get a gradient
+
+
+# The (G, G) level tables are cached per (G, dtype, device); a first call under
+# torch.inference_mode must not leave inference tensors behind for later training steps.
+def test_level_tables_built_under_inference_mode_serve_training():
+    num_groups = 23  # a G no other test uses, so this call builds the tables
+    features = randn(9, 4, requires_grad=True)
+    labels = torch.tensor([0, 5, 22, 7, 7, 13, 0, 21, 2])
+    with torch.inference_mode():
+        first = loss_fn(features.detach(), labels, num_groups=num_groups)
+    loss = loss_fn(features, labels, num_groups=num_groups)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), first, **F64)
+    torch.testing.assert_close(loss.detach(), ref_loss(features.detach(), labels, 0.1, "l2",
+                                                       "mean"), **F64)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
