@@ -38,7 +38,8 @@ Features are L2-normalised, so the "l2" similarity ``-||z_i - z_j|| / T`` spans
 ``[-2 / T, 0]``. Rank-N-Contrast's ``T = 2`` was chosen for unnormalised features; on the unit
 sphere it squeezes every logit into ``[-1, 0]``, where near and far samples are barely told
 apart. ``T = 0.1`` gives the logit range of 20 that SimCLR / SupCon use on normalised
-embeddings. (The kernels work in log space, so smaller temperatures stay exact too.)
+embeddings. (Smaller temperatures stay exact too: the fused kernel switches to log space
+below T = 1/32 in float32, and the sort kernel always uses a log-space cumulative sum.)
 """
 
 _SIMILARITIES = ("l2", "cosine")
@@ -222,9 +223,9 @@ def group_contrastive_loss(
 
     Two kernels:
 
-    * integer ``labels`` with ``num_groups`` (the normal case, group indices): O(N^2 + N G)
-      time and memory with no loop over the batch, a fused backward that stores only (N, G)
-      tables. Labels outside ``[0, num_groups)`` are clamped into it.
+    * integer ``labels`` with ``num_groups`` (the normal case, group indices): no loop over
+      the batch, O(N^2 + N G) memory (O(chunk_size * N) chunked) and O(N^2 (D + G)) time,
+      with an analytic backward. Labels outside ``[0, num_groups)`` are clamped into it.
     * float ``labels`` (or integer labels without ``num_groups``): the same loss on the
       continuous distances (Rank-N-Contrast), O(N^2 log N) via a row sort; ties are exact.
       Labels of shape (N, L) use the L1 distance.

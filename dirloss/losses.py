@@ -94,7 +94,7 @@ class GroupContrastiveLoss(nn.Module):
     See :func:`dirloss.functional.group_contrastive_loss` for the math and the two kernels.
 
     Args:
-        num_groups: G, for integer group labels (enables the O(N^2 + N G) fused kernel).
+        num_groups: G, for integer group labels (enables the fused group kernel).
             Without it, labels are treated as real values (Rank-N-Contrast).
         temperature: T > 0 (default :data:`dirloss.functional.DEFAULT_TEMPERATURE`).
         similarity: ``"l2"`` (negative Euclidean distance of normalised features) or
