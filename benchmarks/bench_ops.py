@@ -46,6 +46,7 @@ LOOP_BUDGET_S = 60.0  # skip the O(n^3) loop where one forward+backward would ex
 # The loop's autograd graph keeps one n x (n - 1) float mask per column: O(n^3) memory
 # (34 GB at n = 2048, which the 24 GB machine this was written on cannot hold).
 LOOP_MEMORY_BUDGET_GB = 8.0
+MIN_TIMED_S = 0.5  # fast cases repeat until about this much time is timed (full runs)
 
 
 # ---------------------------------------------------------------------------- the cases
@@ -84,12 +85,16 @@ def soft_label_step(impl: str, n: int, device: str) -> Callable[[], None]:
     groups = torch.randint(0, NUM_GROUPS, (n,), device=device)
     module = DescendingSoftLabelLoss(NUM_GROUPS).to(device)
 
+    def loss() -> Tensor:
+        if impl == "dirloss":
+            return module(logits, groups)
+        if impl == "floor":  # the least any loss of the logits costs: one op and its backward
+            return logits.sum()
+        return soft_label_loop(logits, groups, NUM_GROUPS)
+
     def step() -> None:
         logits.grad = None
-        loss = module(logits, groups) if impl == "dirloss" else soft_label_loop(
-            logits, groups, NUM_GROUPS
-        )
-        loss.backward()
+        loss().backward()
 
     return step
 
@@ -186,15 +191,30 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(cases: List[Dict], warmup: int, reps: int) -> List[Dict[str, float]]:
+def time_interleaved(
+    cases: List[Dict], warmup: int, reps: int, min_total_s: float = 0.0
+) -> List[Dict[str, float]]:
     """Time several cases in alternation (ABAB...), so slow drifts of a shared machine hit
-    every variant alike; the ratio of medians is then a fair comparison."""
+    every variant alike; the ratio of medians is then a fair comparison. Sub-millisecond
+    steps get more repeats (and a tenth of them as more warm-up), up to ``min_total_s`` of
+    timed steps, so that the median is not that of a handful of cold calls."""
     torch._dynamo.reset()  # each case compiles fresh closures: do not pile up recompiles
     steps = [make_step(case) for case in cases]
     for _ in range(warmup):
         for step in steps:
             step()
     _sync(cases[0]["device"])
+    if min_total_s:
+        start = time.perf_counter()
+        for step in steps:
+            step()
+        _sync(cases[0]["device"])
+        per_round = time.perf_counter() - start
+        reps = max(reps, min(2000, int(min_total_s / max(per_round, 1e-9))))
+        for _ in range(reps // 10):
+            for step in steps:
+                step()
+        _sync(cases[0]["device"])
     times: List[List[float]] = [[] for _ in cases]
     for _ in range(reps):
         for step, acc in zip(steps, times):
@@ -210,8 +230,8 @@ def _summary(times: List[float]) -> Dict[str, float]:
     return {"median_ms": 1e3 * statistics.median(times), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]}
 
 
-def time_case(case: Dict, warmup: int, reps: int) -> Dict[str, float]:
-    return time_interleaved([case], warmup, reps)[0]
+def time_case(case: Dict, warmup: int, reps: int, min_total_s: float = 0.0) -> Dict[str, float]:
+    return time_interleaved([case], warmup, reps, min_total_s)[0]
 
 
 def _rss_kib(field: str) -> int:
@@ -261,7 +281,7 @@ def plan(quick: bool, device: str) -> List[Dict]:
         cases.append({"op": "contrastive", "impl": "dirloss", "n": 16384, "d": 128,
                       "device": device, "chunk": 1024, "memory_only": True})
     cases += [{"op": "soft_label", "impl": impl, "n": n, "device": device}
-              for n in ([256] if quick else [256, 4096]) for impl in ("dirloss", "loop")]
+              for n in ([256] if quick else [256, 4096]) for impl in ("dirloss", "loop", "floor")]
     cases += [{"op": "head", "impl": impl, "n": n, "d": 512, "device": device}
               for n in ([256] if quick else [256, 4096]) for impl in ("linear", "multi-expert")]
     models = ["mlp"] if quick else ["mlp", "cnn"]
@@ -303,7 +323,7 @@ def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
                 warmup, reps = 1, 3
             if case["impl"].endswith("+compile"):
                 warmup += 2
-            row.update(time_case(case, warmup, reps))
+            row.update(time_case(case, warmup, reps, 0.0 if quick else MIN_TIMED_S))
             timed[(case["op"], case["impl"], case.get("n"), case.get("d"))] = row
         eager = case["impl"] in ("dirloss", "floor", "mse", "group-dir")
         if memory and case["op"] in ("contrastive", "train_step") and eager:
