@@ -2,9 +2,11 @@
 
 Times forward + backward (median and inter-quartile range over repeats, after warm-up) and
 measures peak extra memory in a fresh subprocess (CPU: the process's peak RSS above the
-set-up, reset through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated).
+set-up, reset through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated). The
+variants of one size (ours, the floor, eager and compiled) are timed in alternation, so
+that drift of a shared machine hits them alike; the Python-loop baselines run alone.
 
-    python benchmarks/bench_ops.py                    # full CPU run (~20 min on 2 cores)
+    python benchmarks/bench_ops.py                    # full CPU run (~5 min on 2 cores)
     python benchmarks/bench_ops.py --quick            # CI smoke run
     python benchmarks/bench_ops.py --device cuda
 
@@ -307,41 +309,47 @@ def loop_skip_reason(case: Dict, timed: Dict[tuple, Dict]) -> str:
     return ""
 
 
+BASELINE_LOOPS = ("rnc-loop", "loop")  # Python loops: timed alone, they churn the caches
+
+
+def _repeats(case: Dict, quick: bool) -> "tuple[int, int]":
+    if quick:
+        return 1, 3
+    slow = case.get("n", 0) >= 2048 or case["op"] == "train_step"
+    return (2, 7) if slow else (3, 15)
+
+
 def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
-    rows, timed = [], {}
-    for case in tqdm(cases, desc="cases"):
-        row = dict(case)
-        skip = loop_skip_reason(case, timed) if case["impl"] == "rnc-loop" else ""
-        if skip:
-            row["skipped"] = skip
-            rows.append(row)
-            continue
-        if not case.get("memory_only"):
-            slow = case.get("n", 0) >= 2048 or case["op"] == "train_step"
-            warmup, reps = (1, 3) if quick else ((2, 7) if slow else (3, 15))
-            if case["impl"] == "rnc-loop":
-                warmup, reps = 1, 3
-            if case["impl"].endswith("+compile"):
+    """Time every case: the variants of one size (ours, the floor, compiled or not) in
+    alternation, the Python-loop baselines alone right after; then measure memory."""
+    rows = [dict(case) for case in cases]
+    groups: Dict[tuple, List[Dict]] = {}
+    for row in rows:
+        if not row.get("memory_only"):
+            key = (row["op"], row.get("n"), row.get("d"), row.get("model"))
+            groups.setdefault(key, []).append(row)
+    timed: Dict[tuple, Dict] = {}
+    min_total_s = 0.0 if quick else MIN_TIMED_S
+    for members in tqdm(list(groups.values()), desc="sizes"):
+        together = [r for r in members if r["impl"] not in BASELINE_LOOPS]
+        if together:
+            warmup, reps = _repeats(together[0], quick)
+            if any(r["impl"].endswith("+compile") for r in together):
                 warmup += 2
-            row.update(time_case(case, warmup, reps, 0.0 if quick else MIN_TIMED_S))
-            timed[(case["op"], case["impl"], case.get("n"), case.get("d"))] = row
-        eager = case["impl"] in ("dirloss", "floor", "mse", "group-dir")
-        if memory and case["op"] in ("contrastive", "train_step") and eager:
+            for row, timing in zip(together, time_interleaved(together, warmup, reps, min_total_s)):
+                row.update(timing, interleaved=True)
+        for row in (r for r in members if r["impl"] in BASELINE_LOOPS):
+            skip = loop_skip_reason(row, timed) if row["impl"] == "rnc-loop" else ""
+            if skip:
+                row["skipped"] = skip
+                continue
+            row.update(time_case(row, 1, 3, min_total_s))
+            timed[(row["op"], row["impl"], row.get("n"), row.get("d"))] = row
+    for row in tqdm(rows, desc="memory") if memory else []:
+        eager = row["impl"] in ("dirloss", "floor", "mse", "group-dir")
+        if row["op"] in ("contrastive", "train_step") and eager:
+            case = {k: row[k] for k in ("op", "impl", "n", "d", "model", "device", "chunk") if k in row}
             row["peak_extra_mb"] = measure_memory(case)
-        rows.append(row)
-    return rows
-
-
-def interleaved_train_steps(cases: List[Dict], reps: int) -> List[Dict]:
-    """MSE vs Group-DIR steps of each model (eager / compiled), timed in alternation."""
-    rows: List[Dict] = []
-    pairs: Dict[tuple, List[Dict]] = {}
-    for case in cases:
-        if case["op"] == "train_step":
-            pairs.setdefault((case["model"], case["impl"].endswith("+compile")), []).append(case)
-    for members in tqdm(list(pairs.values()), desc="interleaved pairs"):
-        for case, timing in zip(members, time_interleaved(members, warmup=3, reps=reps)):
-            rows.append({**case, **timing, "interleaved": True})
     return rows
 
 
@@ -414,9 +422,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--ops", nargs="*", help="only these ops (contrastive, soft_label, head, train_step)")
-    parser.add_argument("--interleave-train-steps", action="store_true",
-                        help="time MSE and Group-DIR training steps in alternation")
-    parser.add_argument("--reps", type=int, default=15, help="repeats for --interleave-train-steps")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/ops-<device>.json)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -425,10 +430,7 @@ def main() -> None:
         return
     start = time.perf_counter()
     cases = [c for c in plan(args.quick, args.device) if not args.ops or c["op"] in args.ops]
-    if args.interleave_train_steps:
-        rows = interleaved_train_steps(cases, args.reps)
-    else:
-        rows = run(cases, args.quick, memory=not args.no_memory)
+    rows = run(cases, args.quick, memory=not args.no_memory)
     report = tables(rows)
     print(report)
     out = args.out or RESULTS / f"ops-{args.device}{'-quick' if args.quick else ''}.json"

@@ -1,0 +1,56 @@
+"""Smoke tests of benchmarks/bench_ops.py: the CI-sized run works end to end and its
+rules (which loop sizes are skipped, how memory is measured) do what they say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import bench_ops  # noqa: E402
+
+SCRIPT = Path(bench_ops.__file__)
+
+
+def test_quick_run_times_every_case_and_writes_json(tmp_path):
+    out = tmp_path / "ops.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--no-memory", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    assert "### GroupContrastiveLoss forward+backward" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python benchmarks/bench_ops.py --quick")
+    rows = report["rows"]
+    assert {r["op"] for r in rows} == {"contrastive", "soft_label", "head", "train_step"}
+    contrast = {(r["impl"], r["n"]) for r in rows if r["op"] == "contrastive"}
+    assert contrast == {(i, n) for i in ("dirloss", "floor", "rnc-loop") for n in (64, 256)}
+    for row in rows:
+        assert 0 < row["q1_ms"] <= row["median_ms"] <= row["q3_ms"], row
+    # the variants of one size are timed in alternation, the Python loops alone
+    for row in rows:
+        assert row.get("interleaved", False) == (row["impl"] not in bench_ops.BASELINE_LOOPS)
+
+
+def test_memory_of_a_case_is_measured_in_a_fresh_process():
+    # N x N float32 buffers of 64 MB are above glibc's largest mmap threshold (32 MB), so
+    # each is fresh memory that the peak RSS sees.
+    case = {"op": "contrastive", "impl": "dirloss", "n": 4096, "d": 16, "device": "cpu"}
+    peak_mb = bench_ops.measure_memory(case)
+    n_squared_mb = 4096**2 * 4 / 2**20
+    # it must hold the similarities it keeps for backward, and stays within issue #3's
+    # budget of 4 N^2 floats
+    assert n_squared_mb <= peak_mb <= 4 * n_squared_mb
+
+
+def test_loop_is_skipped_by_memory_and_by_extrapolated_time():
+    big = {"op": "contrastive", "impl": "rnc-loop", "n": 2048, "d": 128}
+    assert "GB of masks" in bench_ops.loop_skip_reason(big, {})
+    case = {"op": "contrastive", "impl": "rnc-loop", "n": 1024, "d": 128}
+    timed = {("contrastive", "rnc-loop", 256, 128): {"median_ms": 2000.0}}  # 2 s at 256
+    assert "extrapolated" in bench_ops.loop_skip_reason(case, timed)  # ~128 s at 1024
+    timed = {("contrastive", "rnc-loop", 256, 128): {"median_ms": 50.0}}
+    assert bench_ops.loop_skip_reason(case, timed) == ""
