@@ -280,18 +280,17 @@ def _grad_rows(
 ) -> Tensor:
     """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified)."""
     # dL/ds_ik = grad_i * (e^{s_ik} A_i(d_ik) - 1) for k != i, built in one new buffer, with
-    # ds/d<a, c> folded into the per-anchor factor: 1 / T ("cosine"), or for "l2"
+    # ds/d<a, c> folded into the per-anchor factor w: 1 / T ("cosine"), or for "l2"
     # (s = -dist / T, dist = sqrt(2 - 2<a, c>)) 1 / (T dist) = -1 / (T^2 s).
+    # Where the squared distance was clamped at eps (a duplicate, z_c_k = z_a_i up to
+    # sqrt(eps)), this is the large but finite 1 / (T sqrt(eps)) along z_c_k ~ z_a_i:
+    # radial, so the normalisation's backward removes it (no mask needed).
     log_a_by_group = levels.unfold(log_a, y_a)
-    g = (s + log_a_by_group.index_select(1, y_c)).exp_().sub_(1.0)
+    g = (s + log_a_by_group.index_select(1, y_c)).exp_()
+    w = grad[:, None] / (temperature if kind == "cosine" else -temperature**2)
+    g = torch.addcmul(-w, g, w, out=g)  # w (e^{s} A - 1) in one pass
     _self_diagonal(g, lo).zero_()
-    if kind == "cosine":
-        return g.mul_(grad[:, None] / temperature)
-    g.mul_(grad[:, None] / -temperature**2).div_(s)
-    # 0 where the squared distance was clamped at eps (there s = -sqrt(eps) / T, the largest
-    # value s takes; the 0.1% margin absorbs rounding): a {0, 1} factor, cheaper than a mask.
-    floor = -((torch.finfo(s.dtype).eps / temperature**2) ** 0.5) * 1.001
-    return g.mul_((floor - s).clamp_min_(0.0).sign_())
+    return g if kind == "cosine" else g.div_(s)
 
 
 def grouped(
