@@ -348,8 +348,8 @@ def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
     for row in tqdm(rows, desc="memory") if memory else []:
         eager = row["impl"] in ("dirloss", "floor", "mse", "group-dir")
         if row["op"] in ("contrastive", "train_step") and eager:
-            case = {k: row[k] for k in ("op", "impl", "n", "d", "model", "device", "chunk") if k in row}
-            row["peak_extra_mb"] = measure_memory(case)
+            keys = ("op", "impl", "n", "d", "model", "device", "chunk")
+            row["peak_extra_mb"] = measure_memory({k: row[k] for k in keys if k in row})
     return rows
 
 

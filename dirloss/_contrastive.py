@@ -9,7 +9,8 @@ batch under DDP), and anchor ``i`` is row ``i + offset``.
 .. math::
     \ell_{ij} = -s_{ij} + \log \sum_{k \ne i,\; d_{ik} \ge d_{ij}} e^{s_{ik}}.
 
-Each kernel returns the per-anchor sum :math:`\sum_{j \ne i} \ell_{ij}` of shape (n,).
+Each kernel returns the per-anchor mean :math:`\frac{1}{N - 1} \sum_{j \ne i} \ell_{ij}` of
+shape (n,) (N - 1 taken as 1 for a single sample).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class _Levels:
             self.tail_index = torch.cat(
                 [torch.where(level == 0, num_groups - 1, below), above + num_groups], dim=1
             ).clamp_max_(empty)
-            self.level_index = torch.cat([below, above], dim=1).clamp_max_(num_groups)
+            self.level_index = torch.cat([below, above], dim=1).clamp_max_(num_groups).flatten()
+            self.anchor_itself = (level == 0).to(dtype)  # (1, G): one sample at level 0
             self.distance = (y - level).abs()
 
     def tails(self, per_group: Tensor, y: Tensor) -> Tensor:
@@ -92,10 +94,8 @@ class _Levels:
     def counts(self, hist: Tensor) -> Tensor:
         """``C[y, l]``: how many samples ``k != i`` lie ``l`` groups from an anchor ``i`` in
         group ``y``, from the group histogram of the contrast set; (G, G)."""
-        parts = F.pad(hist, (0, 1))[self.level_index]
-        count = parts.view(hist.shape[0], 2, -1).sum(dim=1)
-        count[:, 0] -= 1.0  # the anchor itself
-        return count
+        parts = F.pad(hist, (0, 1)).index_select(0, self.level_index)
+        return parts.view(hist.shape[0], 2, -1).sum(dim=1).sub_(self.anchor_itself)
 
     def unfold(self, per_level: Tensor, y: Tensor) -> Tensor:
         """``out[i, g] = per_level[i, |y_i - g|]``: from levels back to groups, (n, G)."""
@@ -170,11 +170,12 @@ class _GroupContrast(torch.autograd.Function):
         ctx.save_for_backward(z_c, norm, y_c, log_a, s)
         ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
         ctx.levels = levels
-        return loss
+        return loss.mul_(_pair_scale(z_c))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
         z_c, norm, y_c, log_a, saved = ctx.saved_tensors
+        grad = grad * _pair_scale(z_c)
         if saved.numel() and ctx.offset == 0 and grad.shape[0] == z_c.shape[0]:
             # Anchors = contrast set: d<z_i, z_k> enters twice, so fold g into g + g^T.
             g = _grad_rows(
@@ -194,8 +195,9 @@ class _GroupContrast(torch.autograd.Function):
                 )
                 grad_z.addmm_(g.T, z_c[lo:hi])
                 grad_z[lo:hi].addmm_(g, z_c)
-        # z = x / |x|  =>  dx = (dz - z <z, dz>) / |x|  (just dz / eps where |x| was clamped)
-        along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None].masked_fill_(norm <= _NORM_EPS, 0.0)
+        # z = x / |x|  =>  dx = (dz - z <z, dz>) / |x|. A zero row (|x| clamped at eps) has
+        # z = 0, so it gets dz / eps, as through F.normalize.
+        along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None]
         return grad_z.sub_(z_c * along).div_(norm), None, None, None, None, None, None, None
 
 
@@ -203,6 +205,11 @@ def _plus_transpose(g: Tensor) -> Tensor:
     """``g + g.T``. From N = 1024 up, a blocked transpose copy and a plain add beat reading
     ``g.T`` with stride N (2-2.5x at the cache-hostile power-of-two sizes, measured on CPU)."""
     return g.T.contiguous().add_(g) if g.shape[0] >= 1024 else g + g.T
+
+
+def _pair_scale(z_c: Tensor) -> float:
+    """1 / (N - 1): from a per-anchor sum over the other samples to their mean."""
+    return 1.0 / max(z_c.shape[0] - 1, 1)
 
 
 def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tuple[int, int]]":
@@ -226,10 +233,14 @@ def _linear_rows(
     denom = levels.tails((one_hot.T @ e.T).T, y_a)  # D_i(l) e^{-shift}
     count = counts.index_select(0, y_a)
     s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
-    loss = torch.xlogy(count, denom).sum(dim=1) + shift * (z_c.shape[0] - 1) - s_sum
+    loss = torch.xlogy(count, denom).sum(dim=1).sub_(s_sum)
+    if shift:
+        loss += shift * (z_c.shape[0] - 1)
     # A where C > 0 (there D > 0); 0 / tiny = 0 elsewhere, and log 0 = -inf is never used.
     ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
-    log_a = ratio.cumsum_(dim=1).log_().sub_(shift)
+    log_a = ratio.cumsum_(dim=1).log_()
+    if shift:
+        log_a -= shift
     return loss, log_a, s if keep else s.new_zeros(0, s.shape[1])
 
 
@@ -297,7 +308,7 @@ def grouped(
     x_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, num_groups: int, kind: str,
     temperature: float, chunk_size: Optional[int] = None,
 ) -> Tensor:
-    """Per-anchor loss sums for integer groups in ``[0, num_groups)``, O(nN + nG^2).
+    """Per-anchor mean losses for integer groups in ``[0, num_groups)``.
 
     ``x_c`` are raw features (normalised inside, with a fused backward). ``chunk_size``
     processes the anchors in row blocks: peak memory O(chunk_size * N).
@@ -311,7 +322,7 @@ def grouped(
 def continuous(
     x_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, kind: str, temperature: float
 ) -> Tensor:
-    """Per-anchor loss sums for real-valued labels (Rank-N-Contrast), O(nN log N).
+    """Per-anchor mean losses for real-valued labels (Rank-N-Contrast), O(nN log N).
 
     Each row is sorted by label distance; the denominator of a pair is the reverse cumulative
     sum at the first position of its tie run, so every ``k`` with ``d_ik == d_ij`` counts.
@@ -330,4 +341,4 @@ def continuous(
     log_tail = s_sorted.flip(1).logcumsumexp(1).flip(1)
     first_of_tie = torch.searchsorted(dist_sorted.contiguous(), dist_sorted.contiguous())
     log_denom = log_tail.gather(1, first_of_tie)
-    return (log_denom - s_sorted)[:, 1:].sum(dim=1)
+    return (log_denom - s_sorted)[:, 1:].sum(dim=1) * _pair_scale(z_c)

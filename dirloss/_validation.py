@@ -23,9 +23,9 @@ def reduce(loss: Tensor, reduction: str) -> Tensor:
     """Reduce a per-sample loss of shape (N,); ``"mean"`` of an empty batch is 0, not NaN."""
     if reduction == "none":
         return loss
-    if reduction == "sum":
+    if reduction == "sum" or loss.shape[0] == 0:
         return loss.sum()
-    return loss.sum() / max(loss.shape[0], 1)
+    return loss.mean()
 
 
 def check_num_groups(num_groups: object) -> int:

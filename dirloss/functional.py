@@ -259,10 +259,10 @@ def group_contrastive_loss(
     x, y, num_groups = _prepare_contrastive(features, labels, num_groups)
     if x.shape[0] == 0:  # an empty batch: a zero that stays in the graph
         return reduce(x.sum(dim=1) * 0.0, reduction)
-    per_anchor = _contrast_sums(
+    per_anchor = _contrast_means(
         x, y, 0, x.shape[0], num_groups, similarity, temperature, chunk_size
     )
-    return reduce(per_anchor / max(x.shape[0] - 1, 1), reduction)
+    return reduce(per_anchor, reduction)
 
 
 def _check_contrastive_inputs(
@@ -316,7 +316,7 @@ def _prepare_contrastive(
     features: Tensor, labels: Tensor, num_groups: Optional[int]
 ) -> "tuple[Tensor, Tensor, Optional[int]]":
     """Cast checked features to the working dtype and shape the labels for
-    :func:`_contrast_sums` (the kernels normalise); the returned ``num_groups`` is None when
+    :func:`_contrast_means` (the kernels normalise); the returned ``num_groups`` is None when
     the continuous kernel applies."""
     work_dtype = torch.promote_types(features.dtype, torch.float32)
     x = features.to(work_dtype)
@@ -325,7 +325,7 @@ def _prepare_contrastive(
     return x, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
 
 
-def _contrast_sums(
+def _contrast_means(
     x: Tensor,
     y: Tensor,
     offset: int,
@@ -335,8 +335,9 @@ def _contrast_sums(
     temperature: float,
     chunk_size: Optional[int] = None,
 ) -> Tensor:
-    """Per-anchor sums of ``l_ij`` (n,) for the anchors ``x[offset : offset + n_anchors]``
-    (raw features of the working dtype; the kernels normalise them)."""
+    """Per-anchor means of ``l_ij`` over ``j`` (n,) for the anchors
+    ``x[offset : offset + n_anchors]`` (raw features of the working dtype; the kernels
+    normalise them)."""
     with torch.autocast(x.device.type, enabled=False):
         if num_groups is not None:
             return _contrastive.grouped(

@@ -155,10 +155,10 @@ class GroupContrastiveLoss(nn.Module):
         all_features, all_labels, offset = gather_batch(features, labels)
         x_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
         n = features.shape[0]
-        per_anchor = DF._contrast_sums(
+        per_anchor = DF._contrast_means(
             x_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size
         )
-        return reduce(per_anchor / max(x_c.shape[0] - 1, 1), self.reduction)
+        return reduce(per_anchor, self.reduction)
 
     def extra_repr(self) -> str:
         return (
