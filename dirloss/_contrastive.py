@@ -164,23 +164,22 @@ class _GroupContrast(torch.autograd.Function):
             rows(z_c, y_c, one_hot, levels, counts, lo, hi, kind, temperature, chunk_size is None)
             for lo, hi in chunks
         ]
-        loss, log_a, s = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))
+        loss, table, s = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))
         # Unchunked, the (n, N) similarities are kept: backward then needs no second matmul.
         # Chunked, only (n, G) tables are kept and each block is recomputed.
-        ctx.save_for_backward(z_c, norm, y_c, log_a, s)
+        ctx.save_for_backward(z_c, norm, y_c, one_hot, table, s)
         ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
-        ctx.levels = levels
+        ctx.levels, ctx.linear = levels, linear
         return loss.mul_(_pair_scale(z_c))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        z_c, norm, y_c, log_a, saved = ctx.saved_tensors
+        z_c, norm, y_c, one_hot, table, saved = ctx.saved_tensors
         grad = grad * _pair_scale(z_c)
+        tables = (y_c, one_hot, ctx.levels, ctx.linear, ctx.kind, ctx.temperature)
         if saved.numel() and ctx.offset == 0 and grad.shape[0] == z_c.shape[0]:
             # Anchors = contrast set: d<z_i, z_k> enters twice, so fold g into g + g^T.
-            g = _grad_rows(
-                saved, y_c, y_c, log_a, grad, 0, ctx.kind, ctx.temperature, ctx.levels
-            )
+            g = _grad_rows(saved, y_c, table, grad, 0, *tables)
             grad_z = _plus_transpose(g) @ z_c
         else:
             grad_z = torch.zeros_like(z_c)
@@ -189,10 +188,7 @@ class _GroupContrast(torch.autograd.Function):
                 s = saved[rows] if saved.numel() else similarity(
                     z_c[lo:hi], z_c, ctx.kind, ctx.temperature
                 )
-                g = _grad_rows(
-                    s, y_c, y_c[lo:hi], log_a[rows], grad[rows], lo, ctx.kind, ctx.temperature,
-                    ctx.levels,
-                )
+                g = _grad_rows(s, y_c[lo:hi], table[rows], grad[rows], lo, *tables)
                 grad_z.addmm_(g.T, z_c[lo:hi])
                 grad_z[lo:hi].addmm_(g, z_c)
         # z = x / |x|  =>  dx = (dz - z <z, dz>) / |x|. A zero row (|x| clamped at eps) has
@@ -223,8 +219,9 @@ def _linear_rows(
     z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor, lo: int,
     hi: int, kind: str, temperature: float, keep: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Loss sums (n,), ``log A`` (n, G) by level, and the similarities if ``keep`` (else an
-    empty tensor), for the anchors ``lo..hi-1``, in linear space (2 / T small enough)."""
+    """Loss sums (n,), ``A e^{shift}`` (n, G) by level, and the similarities if ``keep``
+    (else an empty tensor), for the anchors ``lo..hi-1``, in linear space (2 / T small
+    enough)."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
     shift = 1.0 / temperature if kind == "cosine" else 0.0  # so that s - shift <= 0
@@ -238,17 +235,15 @@ def _linear_rows(
         loss += shift * (z_c.shape[0] - 1)
     # A where C > 0 (there D > 0); 0 / tiny = 0 elsewhere, and log 0 = -inf is never used.
     ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
-    log_a = ratio.cumsum_(dim=1).log_()
-    if shift:
-        log_a -= shift
-    return loss, log_a, s if keep else s.new_zeros(0, s.shape[1])
+    return loss, ratio.cumsum_(dim=1), s if keep else s.new_zeros(0, s.shape[1])
 
 
 def _log_rows(
     z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor, lo: int,
     hi: int, kind: str, temperature: float, keep: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """As :func:`_linear_rows`, in log space: exact at any temperature."""
+    """As :func:`_linear_rows`, in log space (the table is ``log A``): exact at any
+    temperature."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
     s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
@@ -286,20 +281,28 @@ def _fold_by_distance(log_group: Tensor, y: Tensor) -> Tensor:
 
 
 def _grad_rows(
-    s: Tensor, y_c: Tensor, y_a: Tensor, log_a: Tensor, grad: Tensor, lo: int, kind: str,
-    temperature: float, levels: _Levels,
+    s: Tensor, y_a: Tensor, table: Tensor, grad: Tensor, lo: int, y_c: Tensor,
+    one_hot: Tensor, levels: _Levels, linear: bool, kind: str, temperature: float,
 ) -> Tensor:
-    """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified)."""
+    """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified) and the
+    forward's table: ``A e^{shift}`` (linear space) or ``log A`` (log space), by level."""
     # dL/ds_ik = grad_i * (e^{s_ik} A_i(d_ik) - 1) for k != i, built in one new buffer, with
     # ds/d<a, c> folded into the per-anchor factor w: 1 / T ("cosine"), or for "l2"
     # (s = -dist / T, dist = sqrt(2 - 2<a, c>)) 1 / (T dist) = -1 / (T^2 s).
     # Where the squared distance was clamped at eps (a duplicate, z_c_k = z_a_i up to
     # sqrt(eps)), this is the large but finite 1 / (T sqrt(eps)) along z_c_k ~ z_a_i:
     # radial, so the normalisation's backward removes it (no mask needed).
-    log_a_by_group = levels.unfold(log_a, y_a)
-    g = (s + log_a_by_group.index_select(1, y_c)).exp_()
     w = grad[:, None] / (temperature if kind == "cosine" else -temperature**2)
-    g = torch.addcmul(-w, g, w, out=g)  # w (e^{s} A - 1) in one pass
+    by_group = levels.unfold(table, y_a)  # (n, G): the table at the level of each group
+    if linear:
+        # A is bounded here (by N e^{2/T}), so a matmul with the one-hot groups picks
+        # w_i A_i(d_ik) for every k, faster than an index_select along the rows.
+        shift = 1.0 / temperature if kind == "cosine" else 0.0
+        g = (s - shift).exp_() if shift else s.exp()
+        g.mul_((by_group * w) @ one_hot.T).sub_(w)
+    else:
+        g = (s + by_group.index_select(1, y_c)).exp_()
+        g = torch.addcmul(-w, g, w, out=g)  # w (e^{s} A - 1) in one pass
     _self_diagonal(g, lo).zero_()
     return g if kind == "cosine" else g.div_(s)
 
