@@ -66,8 +66,9 @@ class _Levels:
     ``y - l`` plus the suffix sum from ``y + l`` (a part outside ``[0, G)`` is empty). One
     matmul with ``scan`` (G, 2G) gives every prefix and suffix sum; ``tail_index`` (G, 2G)
     picks the two parts of each level (column ``2G`` is an appended zero). ``level_index``
-    does the same for the exact level (groups ``y - l`` and ``y + l``), and ``distance`` is
-    ``|y - g|`` (G, G). O(n G^2) for n anchors, with no scatter.
+    (G, 2G) does the same for the exact level (groups ``y - l`` and ``y + l``; column ``G``
+    is an appended empty value), and ``distance`` is ``|y - g|`` (G, G). O(n G^2) for n
+    anchors, with no scatter.
     """
 
     def __init__(self, num_groups: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -81,7 +82,7 @@ class _Levels:
             self.tail_index = torch.cat(
                 [torch.where(level == 0, num_groups - 1, below), above + num_groups], dim=1
             ).clamp_max_(empty)
-            self.level_index = torch.cat([below, above], dim=1).clamp_max_(num_groups).flatten()
+            self.level_index = torch.cat([below, above], dim=1).clamp_max_(num_groups)
             self.anchor_itself = (level == 0).to(dtype)  # (1, G): one sample at level 0
             self.distance = (y - level).abs()
 
@@ -94,8 +95,15 @@ class _Levels:
     def counts(self, hist: Tensor) -> Tensor:
         """``C[y, l]``: how many samples ``k != i`` lie ``l`` groups from an anchor ``i`` in
         group ``y``, from the group histogram of the contrast set; (G, G)."""
-        parts = F.pad(hist, (0, 1)).index_select(0, self.level_index)
+        parts = F.pad(hist, (0, 1)).index_select(0, self.level_index.flatten())
         return parts.view(hist.shape[0], 2, -1).sum(dim=1).sub_(self.anchor_itself)
+
+    def at_level(self, per_group: Tensor, y: Tensor, empty: float) -> Tuple[Tensor, Tensor]:
+        """The values of the groups ``y_i - l`` and ``y_i + l`` (``empty`` outside
+        ``[0, G)``, and for ``y_i + 0``, so level 0 counts once); two (n, G) tensors."""
+        padded = F.pad(per_group, (0, 1), value=empty)
+        parts = padded.gather(1, self.level_index.index_select(0, y))
+        return parts[:, : per_group.shape[1]], parts[:, per_group.shape[1] :]
 
     def unfold(self, per_level: Tensor, y: Tensor) -> Tensor:
         """``out[i, g] = per_level[i, |y_i - g|]``: from levels back to groups, (n, G)."""
@@ -208,6 +216,18 @@ def _pair_scale(z_c: Tensor) -> float:
     return 1.0 / max(z_c.shape[0] - 1, 1)
 
 
+def _linear_shift(kind: str, temperature: float) -> float:
+    """The constant subtracted from s before ``exp`` in linear space, so that s - shift <= 0
+    (the "l2" similarity is <= 0 already; "cosine" reaches 1 / T)."""
+    return 1.0 / temperature if kind == "cosine" else 0.0
+
+
+def _shifted_exp(s: Tensor, kind: str, temperature: float) -> Tensor:
+    """``e^{s - shift}`` in a new buffer (forward and backward must use the same shift)."""
+    shift = _linear_shift(kind, temperature)
+    return (s - shift).exp_() if shift else s.exp()
+
+
 def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tuple[int, int]]":
     """Row ranges ``[lo, hi)`` of the contrast set covering the anchors, ``chunk_size`` each."""
     step = n_anchors if chunk_size is None else chunk_size
@@ -224,8 +244,8 @@ def _linear_rows(
     enough)."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
-    shift = 1.0 / temperature if kind == "cosine" else 0.0  # so that s - shift <= 0
-    e = (s - shift).exp_() if shift else s.exp()
+    shift = _linear_shift(kind, temperature)
+    e = _shifted_exp(s, kind, temperature)
     _self_diagonal(e, lo).zero_()
     denom = levels.tails((one_hot.T @ e.T).T, y_a)  # D_i(l) e^{-shift}
     count = counts.index_select(0, y_a)
@@ -258,26 +278,15 @@ def _log_rows(
         1, by_group, work.sub_(group_max.index_select(1, y_c)).exp_()
     )
     del work
-    log_level = _fold_by_distance(per_group.log_().add_(group_max), y_a)
+    # the log-total of the samples l groups from each anchor
+    below, above = levels.at_level(per_group.log_().add_(group_max), y_a, float("-inf"))
+    log_level = torch.logaddexp(below, above)
     log_denom = log_level.flip(1).logcumsumexp(1).flip(1)
     count = counts.index_select(0, y_a)
     present = count > 0  # where C > 0 the denominator is finite; elsewhere it is unused
     loss = -s_sum + torch.where(present, count * log_denom, 0.0).sum(dim=1)
     ratio = torch.where(present, count.log() - log_denom, float("-inf"))
     return loss, ratio.logcumsumexp(1), s if keep else s.new_zeros(0, s.shape[1])
-
-
-def _fold_by_distance(log_group: Tensor, y: Tensor) -> Tensor:
-    """``out[i, l] = logaddexp(log_group[i, y_i - l], log_group[i, y_i + l])`` (terms outside
-    ``[0, G)`` dropped; ``l = 0`` counted once): the log-total ``l`` groups from anchor ``i``."""
-    num_groups = log_group.shape[1]
-    padded = F.pad(log_group, (num_groups, num_groups), value=float("-inf"))
-    levels = torch.arange(num_groups, device=y.device)
-    centre = (y + num_groups)[:, None]
-    up = padded.gather(1, centre + levels)
-    down = padded.gather(1, centre - levels)
-    down[:, 0] = float("-inf")
-    return torch.logaddexp(up, down)
 
 
 def _grad_rows(
@@ -297,8 +306,7 @@ def _grad_rows(
     if linear:
         # A is bounded here (by N e^{2/T}), so a matmul with the one-hot groups picks
         # w_i A_i(d_ik) for every k, faster than an index_select along the rows.
-        shift = 1.0 / temperature if kind == "cosine" else 0.0
-        g = (s - shift).exp_() if shift else s.exp()
+        g = _shifted_exp(s, kind, temperature)
         g.mul_((by_group * w) @ one_hot.T).sub_(w)
     else:
         g = (s + by_group.index_select(1, y_c)).exp_()
