@@ -161,6 +161,10 @@ def main() -> None:
                 pred = model(x_test.to(device))[1].prediction[:, 0]
             metrics = shot_metrics(pred, y_test, y_train, bin_width=0.5)
             print_table(metrics)
+        if distributed:
+            # Leave together: a rank that tears its process group down while rank 0 still
+            # evaluates can make rank 0's gloo threads abort at exit.
+            dist.barrier()
     finally:
         if distributed:
             dist.destroy_process_group()
