@@ -11,6 +11,7 @@ Descending Soft Labeling for Deep Imbalanced Regression" (AAAI 2025)::
 from . import functional
 from .binning import GroupBinner
 from .heads import HeadOutput, MultiExpertHead
+from .inference import InferenceChoice, balanced_mae, select_inference
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
 from .objective import GroupDIRLoss, GroupDIRLossOutput
 
@@ -23,6 +24,9 @@ __all__ = [
     "GroupDIRLoss",
     "GroupDIRLossOutput",
     "HeadOutput",
+    "InferenceChoice",
     "MultiExpertHead",
+    "balanced_mae",
     "functional",
+    "select_inference",
 ]

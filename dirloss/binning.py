@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional, Sequence, Union
 
@@ -57,7 +58,9 @@ class GroupBinner(nn.Module):
 
     Buffers:
         edges (G + 1,) float64, counts (G,) training samples per group, centers (G,) group
-        midpoints. They save with ``state_dict()`` and move with ``.to(device)``; edges and
+        midpoints, label_std () float64 standard deviation of the fitted labels (the unit
+        in which :class:`~dirloss.GroupDIRLoss` measures the expert MSE; for explicit
+        ``edges`` before ``fit``, that of a uniform law on ``[e_0, e_G]``). They save with ``state_dict()`` and move with ``.to(device)``; edges and
         centers stay float64 under ``.half()`` or ``.to(dtype)``, so casting a model never
         moves a label to another group.
 
@@ -74,6 +77,7 @@ class GroupBinner(nn.Module):
     edges: Tensor
     counts: Tensor
     centers: Tensor
+    label_std: Tensor
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class GroupBinner(nn.Module):
         self.register_buffer("edges", nan)
         self.register_buffer("counts", torch.zeros(num_groups, dtype=torch.long))
         self.register_buffer("centers", nan[1:].clone())
+        self.register_buffer("label_std", nan[0].clone())
         self._fitted = False
         self._explicit_edges = given is not None
         if given is not None:
@@ -130,6 +135,8 @@ class GroupBinner(nn.Module):
         y = _as_label_vector(labels)
         if not self._explicit_edges:
             self._set_edges(self._edges_from(y))
+        std = float(np.std(y))
+        self.label_std.fill_(std if std > 0 else self._uniform_std())
         groups = self(torch.from_numpy(y).to(self.edges.device))
         self.counts.copy_(torch.bincount(groups, minlength=self.num_groups))
         empty = int((self.counts == 0).sum())
@@ -179,18 +186,26 @@ class GroupBinner(nn.Module):
         e = torch.as_tensor(edges, dtype=torch.float64, device=self.edges.device)
         self.edges.copy_(e)
         self.centers.copy_((e[1:] + e[:-1]) / 2)
+        self.label_std.fill_(self._uniform_std())
         self._fitted = True
+
+    def _uniform_std(self) -> float:
+        return float(self.edges[-1] - self.edges[0]) / math.sqrt(12.0)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "GroupBinner":
         # .half() / .to(dtype) must not round the bin edges: follow the device, stay float64.
-        edges, centers = self.edges, self.centers
+        kept = {k: getattr(self, k) for k in ("edges", "centers", "label_std")}
         super()._apply(fn, recurse)
-        self.edges, self.centers = edges.to(self.edges.device), centers.to(self.centers.device)
+        for name, value in kept.items():
+            setattr(self, name, value.to(getattr(self, name).device))
         return self
 
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
     ) -> None:
+        if prefix + "label_std" not in state_dict and prefix + "edges" in state_dict:
+            edges = state_dict[prefix + "edges"]  # a dirloss 0.1 checkpoint
+            state_dict[prefix + "label_std"] = (edges[-1] - edges[0]) / math.sqrt(12.0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fitted = bool(torch.isfinite(self.edges).all())
 

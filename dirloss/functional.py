@@ -7,7 +7,7 @@ functions in its ``forward``: the math lives here, in one place.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from torch import Tensor
 from . import _contrastive
 from ._validation import (
     check_group_targets,
+    check_non_negative,
     check_num_groups,
     check_positive,
     check_reduction,
@@ -29,7 +30,13 @@ __all__ = [
     "descending_soft_labels",
     "descending_soft_label_loss",
     "group_contrastive_loss",
+    "expert_share_table",
+    "expert_mse_loss",
+    "combine_experts",
 ]
+
+INFERENCE_MODES = ("argmax", "soft")
+"""How :func:`combine_experts` turns group logits and experts into one prediction."""
 
 DEFAULT_TEMPERATURE = 0.1
 """Default temperature of :func:`group_contrastive_loss`.
@@ -196,6 +203,157 @@ def descending_soft_label_loss(
         return (soft.neg_() * log_prob).sum(dim=0)
     weight = soft.mul_(-1.0 if reduction == "sum" else -1.0 / max(n, 1))
     return torch.dot(weight.flatten(), log_prob.flatten())
+
+
+def expert_share_table(
+    num_groups: int,
+    share: float,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[torch.device] = None,
+) -> Tensor:
+    r"""The (G, G) table of expert weights; row ``k`` weighs the experts for true group ``k``.
+
+    .. math::
+        w_{kg} = \frac{e^{-|g - k| / s}}{\sum_{h} e^{-|h - k| / s}},\qquad
+        w_{kg} = [g = k]\ \text{for}\ s = 0.
+
+    ``share`` :math:`s` is a distance in groups: at ``s = 1`` the nearest neighbours get
+    :math:`e^{-1} \approx 0.37` of the true group's weight.
+
+    Args:
+        num_groups: G, at least 2.
+        share: :math:`s \ge 0`; 0 trains only the true group's expert (the paper).
+        dtype, device: of the returned table (default float32 on the CPU).
+
+    Example:
+        >>> expert_share_table(3, 0.0)
+        tensor([[1., 0., 0.],
+                [0., 1., 0.],
+                [0., 0., 1.]])
+        >>> torch.allclose(expert_share_table(5, 1.0).sum(1), torch.ones(5))
+        True
+    """
+    check_num_groups(num_groups)
+    check_non_negative("share", share)
+    groups = torch.arange(num_groups, dtype=torch.float64, device=device)
+    distance = (groups[:, None] - groups[None, :]).abs()
+    if share == 0:
+        table = (distance == 0).to(torch.float64)
+    else:
+        table = (-distance / share).softmax(dim=1)
+    return table.to(dtype or torch.get_default_dtype())
+
+
+def expert_mse_loss(
+    experts: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    *,
+    table: Optional[Tensor] = None,
+    scale: Union[float, Tensor] = 1.0,
+) -> Tensor:
+    r"""Mean squared error of the experts, each weighted by its share of the sample's group.
+
+    .. math::
+        \mathcal{L}_{mse} = \frac{1}{N O s_y^2} \sum_i \sum_g w_{g_i g}
+            \lVert \hat y_{i g} - y_i \rVert^2
+
+    with :math:`w` from :func:`expert_share_table` (the identity when ``table`` is omitted:
+    only the true group's expert, as in the paper) and :math:`s_y` = ``scale``, the unit of
+    the targets (e.g. the training labels' standard deviation, which makes the loss the same
+    for targets :math:`y` and :math:`c y + d` once ``scale`` follows them).
+
+    Args:
+        experts: (N, G, O) every expert's prediction.
+        target: (N, O) targets.
+        groups: (N,) integer true groups in ``[0, G)``.
+        table: optional (G, G) expert weights whose rows sum to one.
+        scale: positive unit of the targets (a float or a 0-d tensor, e.g.
+            ``GroupBinner.label_std``).
+
+    Returns:
+        A scalar, computed in at least float32; 0 for an empty batch.
+
+    Example:
+        >>> experts, target = torch.zeros(2, 3, 1), torch.ones(2, 1)
+        >>> expert_mse_loss(experts, target, torch.tensor([0, 2]))
+        tensor(1.)
+    """
+    if experts.dim() != 3:
+        raise ValueError(f"expected experts of shape (N, G, O), got {tuple(experts.shape)}")
+    n, num_groups, out_features = experts.shape
+    if target.shape != (n, out_features):
+        raise ValueError(
+            f"expected target of shape ({n}, {out_features}), got {tuple(target.shape)}"
+        )
+    check_group_targets("groups", groups, n)
+    work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
+    if isinstance(scale, Tensor):
+        scale = scale.to(work)
+    denominator = max(n * out_features, 1) * scale**2  # the mean, and 0 (not NaN) when empty
+    if table is None:
+        index = groups.long().clamp(0, num_groups - 1).view(-1, 1, 1).expand(-1, 1, out_features)
+        pred = experts.gather(1, index).squeeze(1)
+        return F.mse_loss(pred.to(work), target.to(work), reduction="sum") / denominator
+    if table.shape != (num_groups, num_groups):
+        raise ValueError(
+            f"expected a ({num_groups}, {num_groups}) expert table, got {tuple(table.shape)}"
+        )
+    weight = table.to(work).index_select(0, groups.long())  # (N, G)
+    squared = (experts.to(work) - target.to(work)[:, None, :]).square().sum(dim=2)
+    return torch.dot(weight.flatten(), squared.flatten()) / denominator
+
+
+def combine_experts(
+    logits: Tensor,
+    experts: Tensor,
+    inference: str = "soft",
+    *,
+    logit_adjustment: Optional[Tensor] = None,
+) -> Tensor:
+    r"""One prediction per sample from the group logits and every expert's prediction.
+
+    .. math::
+        \tilde z = z - a,\qquad
+        \hat y = \hat y_{\arg\max_g \tilde z_g}\ (\text{argmax}),\qquad
+        \hat y = \sum_g \operatorname{softmax}(\tilde z)_g\,\hat y_g\ (\text{soft}),
+
+    where :math:`a` is an optional post-hoc logit adjustment, usually
+    :math:`\tau \log \pi` with :math:`\pi` the training group prior: subtracting it moves
+    predictions toward rare groups (Menon et al., 2021).
+
+    Args:
+        logits: (N, G) group logits.
+        experts: (N, G, O) every expert's prediction.
+        inference: ``"argmax"`` | ``"soft"``.
+        logit_adjustment: optional (G,) offsets subtracted from every row of the logits.
+
+    Returns:
+        (N, O) predictions in the experts' dtype.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0]])
+        >>> experts = torch.tensor([[[1.0], [3.0]]])
+        >>> combine_experts(logits, experts, "argmax")
+        tensor([[1.]])
+        >>> combine_experts(logits, experts, "argmax", logit_adjustment=torch.tensor([3.0, 0.0]))
+        tensor([[3.]])
+    """
+    if inference not in INFERENCE_MODES:
+        raise ValueError(f"expected inference in {INFERENCE_MODES}, got {inference!r}")
+    if logits.dim() != 2 or experts.dim() != 3 or experts.shape[:2] != logits.shape:
+        raise ValueError(
+            "expected logits of shape (N, G) and experts of shape (N, G, O), got "
+            f"{tuple(logits.shape)} and {tuple(experts.shape)}"
+        )
+    if logit_adjustment is not None:
+        logits = logits - logit_adjustment.to(logits.dtype)
+    if inference == "soft":
+        weights = logits.softmax(dim=1).to(experts.dtype)
+        return torch.einsum("ng,ngo->no", weights, experts)
+    index = logits.argmax(dim=1).view(-1, 1, 1).expand(-1, 1, experts.shape[2])
+    return experts.gather(1, index).squeeze(1)
 
 
 def group_contrastive_loss(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_group_targets, check_num_groups
+from . import functional as DF
+from ._validation import check_group_targets, check_non_negative, check_num_groups
 
 __all__ = ["HeadOutput", "MultiExpertHead"]
-
-_INFERENCE = ("argmax", "soft")
-
 
 class HeadOutput(NamedTuple):
     """What :class:`MultiExpertHead` returns.
@@ -33,20 +31,39 @@ class MultiExpertHead(nn.Module):
 
     .. math::
         \text{logits} = W_c x + b_c \in \mathbb{R}^G,\qquad
-        \hat y_g = W_g x + b_g \in \mathbb{R}^{\text{out}}\ (g = 0..G-1).
+        \hat y_g = \underbrace{W_0 x + b_0}_{\text{base}} + W_g x + b_g
+            \in \mathbb{R}^{\text{out}}\ (g = 0..G-1).
+
+    With ``residual=True`` (the default) every expert is a shared *base* plus a
+    zero-initialised delta: a fresh head predicts what the base does, and an expert whose
+    group has little or no training data stays close to the base instead of returning noise.
+    With ``residual=False`` (the paper) the experts are independent linear layers.
+
+    The inference mode is a plain attribute (set it again after loading a ``state_dict``);
+    the logit adjustment lives in the ``log_prior`` and ``logit_tau`` buffers and saves
+    with the weights.
 
     The prediction is :math:`\hat y_{y}` for the true group ``y`` when ``groups`` is passed
-    (training: each expert learns its own label range), else :math:`\hat y_{\arg\max}` of
-    the logits (``inference="argmax"``) or :math:`\sum_g \operatorname{softmax}(\text{logits})_g
-    \hat y_g` (``inference="soft"``, smoother at group borders).
+    (training), else :func:`dirloss.functional.combine_experts` of the logits and experts:
+    ``inference="soft"`` (the default) mixes the experts by the softmax of the logits,
+    ``"argmax"`` (the paper) takes the expert of the most likely group. A post-hoc logit
+    adjustment (:meth:`set_logit_adjustment`) moves predictions toward rare groups; pick the
+    inference setting on validation data with :func:`dirloss.select_inference`.
 
     Args:
         in_features: size of the backbone feature.
         num_groups: G.
         out_features: size of each expert's output (1 for scalar regression).
         bias: whether the classifier and experts have biases.
-        inference: ``"argmax"`` | ``"soft"``, used when ``groups`` is not given.
+        inference: ``"soft"`` | ``"argmax"``, used when ``groups`` is not given.
+        residual: experts as a shared base plus zero-initialised deltas.
         device, dtype: as for :class:`torch.nn.Linear`.
+
+    Attributes:
+        classifier: the ``Linear(in_features, G)`` of the group logits.
+        experts: the ``Linear(in_features, G * out_features)`` of every expert (the deltas
+            when ``residual``).
+        base: the shared ``Linear(in_features, out_features)``, or ``None``.
 
     Shape:
         - features: (N, in_features); groups: optional (N,) integers in ``[0, G)``.
@@ -59,6 +76,9 @@ class MultiExpertHead(nn.Module):
         (torch.Size([8, 4]), torch.Size([8, 4, 1]), torch.Size([8, 1]))
     """
 
+    log_prior: Tensor
+    logit_tau: Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -66,7 +86,8 @@ class MultiExpertHead(nn.Module):
         out_features: int = 1,
         *,
         bias: bool = True,
-        inference: str = "argmax",
+        inference: str = "soft",
+        residual: bool = True,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -74,25 +95,84 @@ class MultiExpertHead(nn.Module):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"expected {name} to be a positive int, got {value!r}")
-        if inference not in _INFERENCE:
-            raise ValueError(f"expected inference in {_INFERENCE}, got {inference!r}")
         self.in_features, self.out_features = in_features, out_features
         self.num_groups = check_num_groups(num_groups)
         self.inference = inference
+        self.residual = bool(residual)
         factory = {"device": device, "dtype": dtype}
         self.classifier = nn.Linear(in_features, num_groups, bias=bias, **factory)
         self.experts = nn.Linear(in_features, num_groups * out_features, bias=bias, **factory)
+        self.base: Optional[nn.Linear] = None
+        if self.residual:
+            self.base = nn.Linear(in_features, out_features, bias=bias, **factory)
+            _zero_(self.experts)
+        # Buffers, so that a tuned adjustment saves and loads with the weights.
+        self.register_buffer("log_prior", torch.zeros(num_groups, device=device))
+        self.register_buffer("logit_tau", torch.zeros((), device=device))
+
+    @property
+    def inference(self) -> str:
+        """``"soft"`` | ``"argmax"``; checked on assignment."""
+        return self._inference
+
+    @inference.setter
+    def inference(self, value: str) -> None:
+        if value not in DF.INFERENCE_MODES:
+            raise ValueError(f"expected inference in {DF.INFERENCE_MODES}, got {value!r}")
+        self._inference = value
+
+    @property
+    def tau(self) -> float:
+        """Strength of the post-hoc logit adjustment (0: off); set by
+        :meth:`set_logit_adjustment` (the ``logit_tau`` buffer, read on the host)."""
+        return float(self.logit_tau)
+
+    def set_logit_adjustment(self, tau: float, group_counts: Optional[Tensor] = None) -> None:
+        r"""Subtract :math:`\tau \log \pi` from the logits at inference (not with ``groups``).
+
+        :math:`\pi` = ``group_counts / group_counts.sum()`` is the training group prior
+        (empty groups count as 1), e.g. ``GroupBinner.counts``. ``tau = 1`` gives the
+        balanced-error posterior of logit adjustment (Menon et al., ICLR 2021); smaller
+        values trade less overall accuracy for the rare groups. ``tau = 0`` turns it off.
+
+        Args:
+            tau: >= 0.
+            group_counts: (G,) training samples per group; required when ``tau > 0``
+                (kept from an earlier call or a loaded ``state_dict`` when omitted).
+        """
+        tau = check_non_negative("tau", tau)
+        if group_counts is not None:
+            counts = torch.as_tensor(group_counts).detach().to(torch.float64)
+            if counts.shape != (self.num_groups,):
+                raise ValueError(
+                    f"expected group_counts of shape ({self.num_groups},), "
+                    f"got {tuple(counts.shape)}"
+                )
+            counts = counts.clamp_min(1.0)
+            prior = (counts / counts.sum()).log()
+            self.log_prior.copy_(prior.to(self.log_prior.device, self.log_prior.dtype))
+        elif tau > 0 and not bool(self.log_prior.any()):
+            raise ValueError(
+                "expected group_counts (e.g. binner.counts) with tau > 0: the head holds no "
+                "group prior yet"
+            )
+        self.logit_tau.fill_(tau)
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Module, num_groups: int, *, inference: str = "argmax"
+        cls,
+        linear: nn.Module,
+        num_groups: int,
+        *,
+        inference: str = "soft",
+        residual: bool = True,
     ) -> "MultiExpertHead":
         """Retrofit an existing regression layer: every expert starts as a copy of ``linear``.
 
-        The group logits start at zero, so before any training every inference mode returns
-        the original layer's output (argmax picks expert 0, the soft mixture averages
-        identical experts). It is equal up to the summation order of the fused matmul that
-        computes all experts at once: within an ulp or two, not always bit for bit.
+        With ``residual=True`` the base is the copy and the deltas start at zero; with
+        ``residual=False`` each expert is a copy. The group logits start at zero, so before
+        any training every inference mode returns the original layer's output (up to the
+        summation order of a fused matmul: within an ulp or two, not always bit for bit).
 
         The zero-initialised classifier has to learn the groups from scratch while the experts
         start trained: when fine-tuning a retrofitted model, give the head a larger learning
@@ -104,7 +184,8 @@ class MultiExpertHead(nn.Module):
                 ``model.fc`` or ``model[-1]`` can be passed as they are; anything else raises
                 ``ValueError``).
             num_groups: G.
-            inference: ``"argmax"`` | ``"soft"``.
+            inference: ``"soft"`` | ``"argmax"``.
+            residual: experts as the copied base plus zero-initialised deltas.
 
         Example:
             >>> linear = nn.Linear(16, 1)
@@ -118,14 +199,16 @@ class MultiExpertHead(nn.Module):
         weight = linear.weight
         head = cls(
             linear.in_features, num_groups, linear.out_features, bias=linear.bias is not None,
-            inference=inference, device=weight.device, dtype=weight.dtype,
+            inference=inference, residual=residual, device=weight.device, dtype=weight.dtype,
         )
         with torch.no_grad():
-            head.experts.weight.copy_(weight.repeat(num_groups, 1))
-            nn.init.zeros_(head.classifier.weight)
-            if linear.bias is not None:
-                head.experts.bias.copy_(linear.bias.repeat(num_groups))
-                nn.init.zeros_(head.classifier.bias)
+            _zero_(head.classifier)
+            if head.base is not None:
+                head.base.load_state_dict(linear.state_dict())
+            else:
+                head.experts.weight.copy_(weight.repeat(num_groups, 1))
+                if linear.bias is not None:
+                    head.experts.bias.copy_(linear.bias.repeat(num_groups))
         return head
 
     def forward(self, features: Tensor, groups: Optional[Tensor] = None) -> HeadOutput:
@@ -135,21 +218,39 @@ class MultiExpertHead(nn.Module):
             )
         logits = self.classifier(features)
         experts = self.experts(features).unflatten(1, (self.num_groups, self.out_features))
+        if self.base is not None:
+            experts = experts + self.base(features).unsqueeze(1)
         if groups is not None:
             check_group_targets("groups", groups, features.shape[0])
             prediction = select_expert(experts, groups)
-        elif self.inference == "soft":
-            weights = logits.softmax(dim=1).to(experts.dtype)
-            prediction = torch.einsum("ng,ngo->no", weights, experts)
         else:
-            prediction = select_expert(experts, logits.argmax(dim=1))
+            adjustment = self.logit_tau * self.log_prior  # zeros unless set: no host read
+            prediction = DF.combine_experts(
+                logits, experts, self._inference, logit_adjustment=adjustment
+            )
         return HeadOutput(logits, experts, prediction)
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # dirloss 0.1 checkpoints hold no logit adjustment: load them with it off.
+        state_dict.setdefault(prefix + "log_prior", torch.zeros_like(self.log_prior))
+        state_dict.setdefault(prefix + "logit_tau", torch.zeros_like(self.logit_tau))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, num_groups={self.num_groups}, "
-            f"out_features={self.out_features}, inference={self.inference!r}"
+            f"out_features={self.out_features}, inference={self.inference!r}, "
+            f"residual={self.residual}, tau={self.tau}"
         )
+
+
+def _zero_(linear: nn.Linear) -> None:
+    with torch.no_grad():
+        nn.init.zeros_(linear.weight)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
 
 
 def select_expert(experts: Tensor, groups: Tensor) -> Tensor:

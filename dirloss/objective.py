@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as DF
 from ._validation import check_group_targets, check_non_negative, check_same_device
 from .binning import GroupBinner
-from .heads import HeadOutput, select_expert
+from .heads import HeadOutput
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
 
 __all__ = ["GroupDIRLoss", "GroupDIRLossOutput"]
+
+DEFAULT_LAMBDA_GRC = 0.1
+DEFAULT_LAMBDA_MSE = 10.0
+DEFAULT_EXPERT_SHARE = 1.0
 
 
 class GroupDIRLossOutput(NamedTuple):
@@ -32,31 +35,47 @@ class GroupDIRLossOutput(NamedTuple):
 
 
 class GroupDIRLoss(nn.Module):
-    r"""The Group-DIR training objective (Pu et al., AAAI 2025).
+    r"""The Group-DIR training objective: the library's recipe by default, the paper's on request.
 
     .. math::
         \mathcal{L} = \lambda_{grc}\,\mathcal{L}_{grc}(f, g)
-            + \lambda_{mse}\,\frac{1}{N O}\sum_i \lVert \hat y_{i, g_i} - y_i \rVert^2
+            + \lambda_{mse}\,\frac{1}{N O s_y^2}\sum_i \sum_k w_{g_i k}
+              \lVert \hat y_{i k} - y_i \rVert^2
             + \lambda_{soft}\,\mathcal{L}_{soft}(\text{logits}, g),
         \qquad g = \text{binner}(y),
 
-    where :math:`\hat y_{i, g_i}` is the expert of sample ``i``'s true group (taken from
-    ``output.experts``, whatever ``prediction`` holds), ``O`` is ``out_features`` (the MSE
-    is a mean over all N x O entries), :math:`\mathcal{L}_{soft}` is
+    where :math:`\hat y_{i k}` is expert ``k``'s prediction (``output.experts``, whatever
+    ``prediction`` holds), :math:`w` is :func:`dirloss.functional.expert_share_table` with
+    ``expert_share`` (every expert learns from every sample, weighted by its group distance;
+    ``expert_share=0`` trains only the true group's expert), ``O`` is ``out_features``,
+    :math:`s_y` is the training labels' standard deviation (``binner.label_std``) when
+    ``standardize_mse`` (else 1), :math:`\mathcal{L}_{soft}` is
     :class:`DescendingSoftLabelLoss` and :math:`\mathcal{L}_{grc}` is
     :class:`GroupContrastiveLoss` on the backbone features. Every term is a batch mean, so the
-    lambdas do not depend on the batch size. A weight of 0 skips its term's computation.
+    lambdas do not depend on the batch size, and with ``standardize_mse`` the loss and each
+    term are the same for targets :math:`y` and :math:`c y + d` (binner refitted): no
+    hand-scaling of ``lambda_mse`` for the target's units. A weight of 0 skips its term.
+
+    The defaults are the recipe measured best on validation across the benchmark's data sets
+    (docs/guide.md, "The default recipe"). :meth:`paper` builds the exact objective of Pu et
+    al. (AAAI 2025).
 
     Args:
         binner: a fitted :class:`GroupBinner` (a submodule: it moves and saves with the loss).
         temperature, similarity, gather_distributed, chunk_size: of the contrastive term
             (see :class:`GroupContrastiveLoss`).
         lambda_grc, lambda_mse, lambda_soft: term weights (>= 0).
-        scale, step, tau: of the soft-label term (``tau`` > 0 turns on logit adjustment with
-            the binner's group counts).
-        validate: check that targets are finite and raise with the count of bad entries. This
-            forces a host sync, so it is off by default; without it a NaN target makes the
-            MSE term (and so the loss) NaN, and lands in the last group.
+        expert_share: :math:`s \ge 0`, the reach of each sample across experts in groups
+            (0: only the true group's expert, the paper).
+        standardize_mse: measure the expert MSE in units of ``binner.label_std``.
+        scale, step: of the soft labels (see :class:`DescendingSoftLabelLoss`).
+        tau: > 0 turns on training-time logit adjustment of the soft-label term with the
+            binner's group counts (read at each call, so a refitted binner is followed).
+        soft_reduction: ``"mean"`` over the batch, or ``"sum"`` (the authors' code: the
+            soft-label term then grows with the batch size).
+        validate: check that targets and features are finite and raise with the count of
+            bad entries. This forces a host sync, so it is off by default; without it a NaN
+            target makes the MSE term (and so the loss) NaN, and lands in the last group.
 
     Shape:
         - output: :class:`HeadOutput` with G = ``binner.num_groups``.
@@ -75,18 +94,23 @@ class GroupDIRLoss(nn.Module):
         >>> out.loss.backward()
     """
 
+    expert_table: Optional[Tensor]
+
     def __init__(
         self,
         binner: GroupBinner,
         *,
         temperature: float = DF.DEFAULT_TEMPERATURE,
         similarity: str = "l2",
-        lambda_grc: float = 1.0,
-        lambda_mse: float = 1.0,
+        lambda_grc: float = DEFAULT_LAMBDA_GRC,
+        lambda_mse: float = DEFAULT_LAMBDA_MSE,
         lambda_soft: float = 1.0,
+        expert_share: float = DEFAULT_EXPERT_SHARE,
+        standardize_mse: bool = True,
         scale: float = 1.0,
         step: int = 1,
         tau: float = 0.0,
+        soft_reduction: str = "mean",
         gather_distributed: bool = False,
         chunk_size: Optional[int] = None,
         validate: bool = False,
@@ -104,18 +128,60 @@ class GroupDIRLoss(nn.Module):
             raise ValueError(
                 "expected at least one of lambda_grc, lambda_mse, lambda_soft to be > 0, got all 0"
             )
+        self.expert_share = check_non_negative("expert_share", expert_share)
+        self.standardize_mse = bool(standardize_mse)
         self.validate = validate
         self.contrastive = GroupContrastiveLoss(
             num_groups=binner.num_groups, temperature=temperature, similarity=similarity,
             gather_distributed=gather_distributed, chunk_size=chunk_size,
         )
         self.soft_label = DescendingSoftLabelLoss(
-            binner.num_groups, scale=scale, step=step, group_counts=binner.counts, tau=tau
+            binner.num_groups, scale=scale, step=step, reduction=soft_reduction,
+            group_counts=binner.counts, tau=tau,
         )
+        table = None
+        if self.expert_share > 0:
+            table = DF.expert_share_table(binner.num_groups, self.expert_share)
+        self.register_buffer("expert_table", table, persistent=False)
+
+    @classmethod
+    def paper(
+        cls, binner: GroupBinner, *, authors_weighting: bool = False, **kwargs: Any
+    ) -> "GroupDIRLoss":
+        r"""The exact objective of Pu et al. (AAAI 2025), as dirloss 0.1 computed it.
+
+        :math:`\mathcal{L}_{grc} + \mathcal{L}_{mse} + \mathcal{L}_{soft}` with every weight 1,
+        only the true group's expert in the MSE (``expert_share=0``) and the MSE in the
+        targets' own units (``standardize_mse=False``). Pair it with
+        ``MultiExpertHead(..., residual=False, inference="argmax")``.
+
+        Args:
+            binner: a fitted :class:`GroupBinner`.
+            authors_weighting: sum the soft-label term over the batch as the authors' code
+                does (its weight then grows with the batch size) instead of averaging it.
+            **kwargs: any other :class:`GroupDIRLoss` argument, e.g. ``lambda_mse``.
+
+        Example:
+            >>> binner = GroupBinner(4).fit(torch.rand(100))
+            >>> GroupDIRLoss.paper(binner).expert_share
+            0.0
+        """
+        settings: Dict[str, Any] = {
+            "lambda_grc": 1.0, "lambda_mse": 1.0, "lambda_soft": 1.0, "expert_share": 0.0,
+            "standardize_mse": False, "temperature": DF.DEFAULT_TEMPERATURE,
+            "soft_reduction": "sum" if authors_weighting else "mean",
+        }
+        settings.update(kwargs)
+        return cls(binner, **settings)
 
     def forward(
         self, output: HeadOutput, features: Tensor, target: Tensor, groups: Optional[Tensor] = None
     ) -> GroupDIRLossOutput:
+        if not isinstance(output, HeadOutput):
+            raise ValueError(
+                "expected output to be the HeadOutput of a MultiExpertHead (head(features, "
+                f"groups)), got {type(output).__name__}; pass the head's output, not .prediction"
+            )
         experts = output.experts
         n, num_groups, out_features = experts.shape
         if num_groups != self.binner.num_groups:
@@ -139,11 +205,8 @@ class GroupDIRLoss(nn.Module):
         if self.lambda_grc:
             grc = self.contrastive(features, groups)
         if self.lambda_mse:
-            pred = select_expert(experts, groups)
-            work = torch.promote_types(pred.dtype, torch.float32)  # fp32 under autocast
-            # A sum over max(count, 1): the mean, and 0 rather than NaN for an empty batch.
-            squared = F.mse_loss(pred.to(work), target.to(work), reduction="sum")
-            mse = squared / max(pred.numel(), 1)
+            unit = self.binner.label_std if self.standardize_mse else 1.0
+            mse = DF.expert_mse_loss(experts, target, groups, table=self.expert_table, scale=unit)
         if self.lambda_soft:
             soft = self.soft_label(output.logits, groups)
         loss = self.lambda_grc * grc + self.lambda_mse * mse + self.lambda_soft * soft
@@ -171,13 +234,17 @@ class GroupDIRLoss(nn.Module):
                 f"output, got {tuple(target.shape)}"
             )
         if self.validate:
-            bad = int((~torch.isfinite(target)).sum())
-            if bad:
-                raise ValueError(f"expected finite targets, got {bad} NaN/inf of {target.numel()}")
+            for name, value in (("targets", target), ("features", features)):
+                bad = int((~torch.isfinite(value)).sum())
+                if bad:
+                    raise ValueError(
+                        f"expected finite {name}, got {bad} NaN/inf of {value.numel()}"
+                    )
         return target
 
     def extra_repr(self) -> str:
         return (
             f"lambda_grc={self.lambda_grc}, lambda_mse={self.lambda_mse}, "
-            f"lambda_soft={self.lambda_soft}, validate={self.validate}"
+            f"lambda_soft={self.lambda_soft}, expert_share={self.expert_share}, "
+            f"standardize_mse={self.standardize_mse}, validate={self.validate}"
         )

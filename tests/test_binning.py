@@ -331,7 +331,7 @@ def test_state_dict_round_trip(strategy):
     labels = torch.randn(40, dtype=torch.float64)
     binner = GroupBinner(5, strategy=strategy).fit(labels)
     state = binner.state_dict()
-    assert set(state) == {"edges", "counts", "centers"}
+    assert set(state) == {"edges", "counts", "centers", "label_std"}
     fresh = GroupBinner(5)
     assert not fresh.fitted
     fresh.load_state_dict(state)
@@ -340,6 +340,7 @@ def test_state_dict_round_trip(strategy):
     assert torch.equal(fresh(y), binner(y))
     assert torch.equal(fresh.counts, binner.counts)
     assert torch.equal(fresh.centers, binner.centers)
+    assert torch.equal(fresh.label_std, binner.label_std)
 
 
 def test_loading_unfitted_state_keeps_unfitted():

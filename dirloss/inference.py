@@ -1,0 +1,151 @@
+"""Pick a head's inference setting on validation data, without retraining."""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import functional as DF
+from ._validation import check_non_negative
+from .binning import GroupBinner
+from .heads import MultiExpertHead
+
+__all__ = ["DEFAULT_INFERENCE_CANDIDATES", "InferenceChoice", "balanced_mae", "select_inference"]
+
+DEFAULT_INFERENCE_CANDIDATES: Tuple[Tuple[str, float], ...] = (
+    ("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5),
+)
+"""The ``(inference, tau)`` pairs :func:`select_inference` tries by default."""
+
+
+class InferenceChoice(NamedTuple):
+    """What :func:`select_inference` picked.
+
+    Attributes:
+        inference: ``"soft"`` | ``"argmax"``.
+        tau: the post-hoc logit adjustment strength.
+        score: the chosen candidate's validation score.
+        scores: every candidate's ``(balanced MAE, MAE)``, keyed by ``(inference, tau)``.
+    """
+
+    inference: str
+    tau: float
+    score: float
+    scores: Dict[Tuple[str, float], Tuple[float, float]]
+
+
+def balanced_mae(prediction: Tensor, target: Tensor, bin_edges: Tensor) -> Tensor:
+    r"""The mean over label bins of the per-bin mean absolute error (empty bins skipped).
+
+    .. math::
+        \text{bMAE} = \frac{1}{|B|} \sum_{b \in B} \frac{1}{|b|} \sum_{i \in b}
+            |\hat y_i - y_i|
+
+    Labels below the first edge fall in the first bin, above the last in the last.
+
+    Args:
+        prediction, target: (N,) or (N, 1).
+        bin_edges: (B + 1,) increasing edges.
+
+    Returns:
+        A 0-d float64 tensor.
+
+    Example:
+        >>> balanced_mae(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0]),
+        ...              torch.tensor([0.0, 2.0, 4.0]))
+        tensor(1.5000, dtype=torch.float64)
+    """
+    pred = prediction.detach().reshape(-1).double()
+    y = target.detach().reshape(-1).double().to(pred.device)
+    if pred.shape != y.shape:
+        raise ValueError(
+            f"expected prediction and target with the same number of values, got "
+            f"{tuple(prediction.shape)} and {tuple(target.shape)}"
+        )
+    edges = bin_edges.to(pred.device, torch.float64)
+    bins = torch.bucketize(y, edges[1:-1], right=True)
+    num_bins = edges.numel() - 1
+    counts = torch.bincount(bins, minlength=num_bins).double()
+    sums = torch.bincount(bins, weights=(pred - y).abs(), minlength=num_bins)
+    filled = counts > 0
+    return (sums[filled] / counts[filled]).mean()
+
+
+@torch.no_grad()
+def select_inference(
+    head: MultiExpertHead,
+    features: Tensor,
+    target: Tensor,
+    binner: GroupBinner,
+    *,
+    candidates: Sequence[Tuple[str, float]] = DEFAULT_INFERENCE_CANDIDATES,
+    metric: str = "bmae",
+    bin_edges: Optional[Tensor] = None,
+    max_mae_increase: Optional[float] = 0.02,
+) -> InferenceChoice:
+    r"""Choose ``head.inference`` and its logit adjustment on validation data, and set them.
+
+    Every candidate ``(inference, tau)`` is scored on the same head output (one forward
+    pass, no retraining): ``inference`` as in :func:`dirloss.functional.combine_experts`,
+    ``tau`` as in :meth:`MultiExpertHead.set_logit_adjustment` with the binner's group
+    counts. The winner has the lowest ``metric`` among the candidates whose overall MAE is
+    at most ``1 + max_mae_increase`` times the lowest overall MAE of all candidates (so a
+    gain on rare labels is not bought with a large loss everywhere else; ``None`` turns the
+    guard off). Ties go to the earlier candidate.
+
+    Args:
+        head: the trained head (its inference setting is changed in place).
+        features: (N, in_features) validation features, e.g. ``backbone(x_val)``.
+        target: (N,) or (N, 1) validation labels.
+        binner: the fitted binner of training (its counts are the prior).
+        candidates: ``(inference, tau)`` pairs to try.
+        metric: ``"bmae"`` (balanced MAE, the DIR criterion) | ``"mae"``.
+        bin_edges: bins of the balanced MAE; default the binner's group edges.
+        max_mae_increase: the overall-MAE guard, a fraction (>= 0) or ``None``.
+
+    Returns:
+        :class:`InferenceChoice`.
+
+    Example:
+        >>> binner = GroupBinner(4).fit(torch.rand(200))
+        >>> head = MultiExpertHead(8, num_groups=4)
+        >>> choice = select_inference(head, torch.randn(50, 8), torch.rand(50), binner)
+        >>> (head.inference, head.tau) == (choice.inference, choice.tau)
+        True
+    """
+    if metric not in ("bmae", "mae"):
+        raise ValueError(f"expected metric in ('bmae', 'mae'), got {metric!r}")
+    if not candidates:
+        raise ValueError("expected at least one (inference, tau) candidate, got none")
+    if max_mae_increase is not None:
+        check_non_negative("max_mae_increase", max_mae_increase)
+    for inference, tau in candidates:
+        if inference not in DF.INFERENCE_MODES:
+            raise ValueError(f"expected inference in {DF.INFERENCE_MODES}, got {inference!r}")
+        check_non_negative("tau", tau)
+    if head.out_features != 1:
+        raise ValueError(f"expected a head with out_features=1, got {head.out_features}")
+    y = target.reshape(-1)
+    if features.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"expected one target per feature row ({features.shape[0]}), got {tuple(target.shape)}"
+        )
+    edges = binner.edges if bin_edges is None else torch.as_tensor(bin_edges)
+    out = head(features)
+    head.set_logit_adjustment(head.tau, binner.counts)  # the prior of this binner
+    scores: Dict[Tuple[str, float], Tuple[float, float]] = {}
+    for inference, tau in candidates:
+        adjustment = tau * head.log_prior if tau else None
+        pred = DF.combine_experts(out.logits, out.experts, inference, logit_adjustment=adjustment)
+        mae = float((pred.reshape(-1).double() - y.to(pred.device).double()).abs().mean())
+        scores[(inference, float(tau))] = (float(balanced_mae(pred, y, edges)), mae)
+    best_mae = min(m for _, m in scores.values())
+    limit = float("inf") if max_mae_increase is None else best_mae * (1 + max_mae_increase)
+    index = 0 if metric == "bmae" else 1
+    allowed = [k for k, v in scores.items() if v[1] <= limit]
+    inference, tau = min(allowed, key=lambda k: scores[k][index])
+    head.inference = inference
+    head.set_logit_adjustment(tau)
+    return InferenceChoice(inference, tau, scores[(inference, tau)][index], scores)
