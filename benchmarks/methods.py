@@ -21,7 +21,15 @@ only the head and the loss differ:
 ``abl-ce``                head + expert MSE + plain cross-entropy on the group logits
 ``abl-soft``              head + expert MSE + descending soft labels (no contrastive term)
 ``abl-ce-con``            head + expert MSE + plain cross-entropy + group contrastive term
+``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, G)``
+                          + ``GroupDIRLoss(binner)``, inference picked by the library's rule
+                          (:func:`~dirloss.select_inference`: lowest bMAE among the
+                          candidates within 2 % of the best overall MAE)
 ========================  =====================================================================
+
+``group-dir`` and the ablations use the paper's head (independent experts, argmax or soft
+inference picked on validation) and :meth:`~dirloss.GroupDIRLoss.paper`'s settings (true-group
+expert MSE in the targets' units) with ``lambda_mse`` = 10.
 
 A method is a :class:`Method`: a name, a small grid of hyper-parameter settings (at most six)
 and a loss built from one setting. The losses are the package's (``dirloss``) and the
@@ -44,6 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dirloss import GroupBinner, GroupContrastiveLoss, GroupDIRLoss, MultiExpertHead
+from dirloss.inference import DEFAULT_INFERENCE_CANDIDATES, DEFAULT_MAE_GUARD
+
+DEFAULT_NUM_GROUPS = 10
 
 try:  # package import (python -m benchmarks.dir_bench) or a plain sys.path import
     from .baselines import BMCLoss, LDSReweighting, LDSWeightedMSELoss, RankSimLoss
@@ -55,6 +66,7 @@ __all__ = [
     "METHODS",
     "INFERENCE_MODES",
     "Method",
+    "PAPER_INFERENCE",
     "Regressor",
     "TrainConfig",
     "build_model",
@@ -64,8 +76,12 @@ __all__ = [
     "train",
 ]
 
-INFERENCE_MODES = ("argmax", "soft")
-"""Prediction modes of a :class:`~dirloss.MultiExpertHead`; picked on validation, no retraining."""
+PAPER_INFERENCE: Tuple[Tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0))
+"""``(mode, tau)`` inference candidates of the paper's head: argmax or soft mixture."""
+INFERENCE_MODES = PAPER_INFERENCE  # kept for callers of the 0.1 benchmark
+DIRLOSS_GRID = ({"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform"},)
+"""One training setting (the library's defaults); its four inference candidates make the
+search as large as the largest baseline grid (BMC, RnC: four settings)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,13 +96,24 @@ class Method:
         label: a short human-readable description for the tables.
         grid: the hyper-parameter settings tried on validation (at most six).
         grouped: whether the model has a :class:`~dirloss.MultiExpertHead` (then the
-            settings hold ``num_groups`` and the inference mode is picked on validation).
+            settings hold ``num_groups`` and the inference setting is picked on validation).
+        inference: the ``(mode, tau)`` inference candidates of a grouped head, scored on
+            validation from the same trained model.
+        mae_guard: when set, selection keeps only the candidates whose validation MAE is
+            within this fraction of the method's best (the library's selection rule).
     """
 
     name: str
     label: str
     grid: Tuple[Mapping[str, Any], ...]
     grouped: bool = False
+    inference: Tuple[Tuple[str, float], ...] = PAPER_INFERENCE
+    mae_guard: Optional[float] = None
+
+    @property
+    def num_candidates(self) -> int:
+        """Settings x inference candidates: the size of the search on validation."""
+        return len(self.grid) * (len(self.inference) if self.grouped else 1)
 
 
 def _grid(**axes: Sequence[Any]) -> Tuple[Dict[str, Any], ...]:
@@ -129,6 +156,10 @@ METHODS: Dict[str, Method] = {
         Method("abl-ce", "head + MSE + CE", _GROUPED_GRID, grouped=True),
         Method("abl-soft", "head + MSE + soft labels", _GROUPED_GRID, grouped=True),
         Method("abl-ce-con", "head + MSE + CE + contrastive", _GROUPED_GRID, grouped=True),
+        Method(
+            "dirloss", "dirloss defaults", DIRLOSS_GRID, grouped=True,
+            inference=DEFAULT_INFERENCE_CANDIDATES, mae_guard=DEFAULT_MAE_GUARD,
+        ),
     )
 }
 """All methods, in table order."""
@@ -187,8 +218,12 @@ def build_model(
     backbone = mlp(in_features, hidden, dropout)
     linear = nn.Linear(hidden[-1], 1)
     head: nn.Module = linear
-    if method.grouped:
+    if method.name == "dirloss":
         head = MultiExpertHead.from_linear(linear, int(params["num_groups"]))
+    elif method.grouped:  # the paper's head: independent experts
+        head = MultiExpertHead.from_linear(
+            linear, int(params["num_groups"]), residual=False, inference="argmax"
+        )
     return Regressor(backbone, head)
 
 
@@ -248,6 +283,15 @@ def make_loss(method: Method, params: Mapping[str, Any], y_train: Tensor, *, see
         def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
             features, out = model(x)
             return F.mse_loss(out[:, 0], y) + weight * rnc(features, y)
+    elif name == "dirloss":
+        binner = _fit_binner(params, y_train)
+        keys = ("lambda_grc", "lambda_mse", "lambda_soft", "expert_share", "temperature")
+        criterion = GroupDIRLoss(binner, **{k: float(params[k]) for k in keys if k in params})
+
+        def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
+            groups = binner(y)
+            features, out = model(x, groups)
+            return criterion(out, features, y, groups).loss
     elif method.grouped:
         binner = _fit_binner(params, y_train)
         # The method fixes which terms are on; a setting may rescale the ones that are.
@@ -257,7 +301,7 @@ def make_loss(method: Method, params: Mapping[str, Any], y_train: Tensor, *, see
             "abl-soft": (False, True, False),
             "abl-ce-con": (True, False, True),
         }[name]
-        objective = GroupDIRLoss(
+        objective = GroupDIRLoss.paper(
             binner,
             temperature=float(params.get("temperature", 0.1)),
             lambda_grc=float(params.get("lambda_grc", 1.0)) if on[0] else 0.0,
@@ -339,15 +383,20 @@ def train(
             finite = False
             break
     model.eval()
+    if isinstance(model.head, MultiExpertHead):  # the group prior, for logit adjustment
+        model.head.set_logit_adjustment(0.0, _fit_binner(params, y).counts)
     return model, {"train_seconds": time.perf_counter() - start, "final_loss": last, "finite": finite}
 
 
 @torch.no_grad()
-def predict(model: Regressor, x: Tensor, inference: str = "argmax") -> np.ndarray:
-    """Predictions in model units, shape (N,), float64; ``inference`` applies to grouped heads."""
+def predict(model: Regressor, x: Tensor, inference: Any = "argmax") -> np.ndarray:
+    """Predictions in model units, shape (N,), float64; ``inference`` (a mode or a
+    ``(mode, tau)`` pair) applies to grouped heads."""
     model.eval()
     if isinstance(model.head, MultiExpertHead):
-        model.head.inference = inference
+        mode, tau = (inference, 0.0) if isinstance(inference, str) else inference
+        model.head.inference = mode
+        model.head.set_logit_adjustment(float(tau))
     _, out = model(x)
     pred = out.prediction if isinstance(model.head, MultiExpertHead) else out
     return pred[:, 0].to(torch.float64).numpy()

@@ -52,6 +52,11 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "quantile": {"strategy": "quantile"},
     "g5": {"num_groups": 5},
     "g20": {"num_groups": 20},
+    "mix": {"lambda_mix": 1.0},
+    "mix_s0.5": {"lambda_mix": 1.0, "expert_share": 0.5},
+    "mix_s0": {"lambda_mix": 1.0, "expert_share": 0.0},
+    "g20s2": {"num_groups": 20, "expert_share": 2.0},
+    "g20s2mix": {"num_groups": 20, "expert_share": 2.0, "lambda_mix": 1.0},
 }
 INFERENCE = [("argmax", 0.0), ("soft", 0.0), ("soft", 0.5), ("soft", 1.0), ("argmax", 0.5)]
 
@@ -99,7 +104,12 @@ def run_one(job: Tuple[str, str, str, str, int, Dict[str, Any]]) -> Dict[str, An
                 loss = F.mse_loss(head(f)[:, 0], y[idx])
             else:
                 g = binner(y[idx])
-                loss = criterion(head(f, g), f, y[idx], g).loss
+                out = head(f, g)
+                loss = criterion(out, f, y[idx], g).loss
+                if p.get("lambda_mix"):
+                    w = out.logits.softmax(1)
+                    mix = (w * out.experts[:, :, 0]).sum(1)
+                    loss = loss + p["lambda_mix"] * F.mse_loss(mix, y[idx]) / binner.label_std.float() ** 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -12,12 +12,21 @@ from ._validation import check_non_negative
 from .binning import GroupBinner
 from .heads import MultiExpertHead
 
-__all__ = ["DEFAULT_INFERENCE_CANDIDATES", "InferenceChoice", "balanced_mae", "select_inference"]
+__all__ = [
+    "DEFAULT_INFERENCE_CANDIDATES",
+    "DEFAULT_MAE_GUARD",
+    "InferenceChoice",
+    "balanced_mae",
+    "select_inference",
+]
 
 DEFAULT_INFERENCE_CANDIDATES: Tuple[Tuple[str, float], ...] = (
     ("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5),
 )
 """The ``(inference, tau)`` pairs :func:`select_inference` tries by default."""
+
+DEFAULT_MAE_GUARD = 0.02
+"""Default ``max_mae_increase`` of :func:`select_inference`."""
 
 
 class InferenceChoice(NamedTuple):
@@ -83,7 +92,7 @@ def select_inference(
     candidates: Sequence[Tuple[str, float]] = DEFAULT_INFERENCE_CANDIDATES,
     metric: str = "bmae",
     bin_edges: Optional[Tensor] = None,
-    max_mae_increase: Optional[float] = 0.02,
+    max_mae_increase: Optional[float] = DEFAULT_MAE_GUARD,
 ) -> InferenceChoice:
     r"""Choose ``head.inference`` and its logit adjustment on validation data, and set them.
 

@@ -15,7 +15,8 @@ from dirloss import HeadOutput, MultiExpertHead
 # Reference: plain loops written straight from the definitions.
 # ---------------------------------------------------------------------------------------------
 def ref_head(head, x):
-    """logits[i][g] = W_c[g] . x_i + b_c[g];  experts[i][g][o] = W_g[o] . x_i + b_g[o]."""
+    """logits[i][g] = W_c[g] . x_i + b_c[g];  experts[i][g][o] = W_g[o] . x_i + b_g[o]
+    (+ W_0[o] . x_i + b_0[o], the shared base, when the head is residual)."""
     g, o = head.num_groups, head.out_features
     wc = head.classifier.weight.detach().double().cpu().tolist()
     bc = (
@@ -29,17 +30,37 @@ def ref_head(head, x):
         if head.experts.bias is not None
         else [[0.0] * o for _ in range(g)]
     )
+    if head.base is not None:
+        w0 = head.base.weight.detach().double().cpu().tolist()
+        b0 = (
+            head.base.bias.detach().double().cpu().tolist()
+            if head.base.bias is not None
+            else [0.0] * o
+        )
+    else:
+        w0, b0 = [[0.0] * head.in_features for _ in range(o)], [0.0] * o
     xs = x.detach().double().cpu().tolist()
     logits, experts = [], []
     for xi in xs:
         logits.append([sum(w * v for w, v in zip(wc[k], xi)) + bc[k] for k in range(g)])
+        base = [sum(w * v for w, v in zip(w0[c], xi)) + b0[c] for c in range(o)]
         experts.append(
             [
-                [sum(w * v for w, v in zip(we[k][c], xi)) + be[k][c] for c in range(o)]
+                [sum(w * v for w, v in zip(we[k][c], xi)) + be[k][c] + base[c] for c in range(o)]
                 for k in range(g)
             ]
         )
     return logits, experts
+
+
+def make_head(*args, residual, **kwargs):
+    """A head whose experts differ: a residual head's zero deltas are replaced by random ones."""
+    head = MultiExpertHead(*args, residual=residual, **kwargs)
+    if residual:
+        with torch.no_grad():
+            for p in head.experts.parameters():
+                p.normal_()
+    return head
 
 
 def ref_argmax(row):
@@ -79,27 +100,33 @@ def test_output_shapes(out_features, inference, device):
     assert out.prediction.shape == (5, out_features)
 
 
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])
-def test_logits_and_experts_match_per_group_linear_maps(out_features, bias, device):
-    head = MultiExpertHead(6, 4, out_features, bias=bias, device=device, dtype=torch.float64)
+def test_logits_and_experts_match_per_group_linear_maps(out_features, bias, residual, device):
+    head = make_head(
+        6, 4, out_features, bias=bias, residual=residual, device=device, dtype=torch.float64
+    )
     x = torch.randn(5, 6, device=device, dtype=torch.float64)
     logits, experts = ref_head(head, x)
     out = head(x)
     torch.testing.assert_close(out.logits, as_tensor(logits, x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out.experts, as_tensor(experts, x), rtol=1e-12, atol=1e-12)
-    # expert g is the linear map of rows g*O .. g*O+O-1 of experts.weight
+    # expert g is the linear map of rows g*O .. g*O+O-1 of experts.weight (+ the base)
     w = head.experts.weight.reshape(4, out_features, 6)
+    base = head.base(x) if residual else 0.0
     for g in range(4):
         expected = x @ w[g].T + (head.experts.bias.reshape(4, out_features)[g] if bias else 0.0)
-        torch.testing.assert_close(out.experts[:, g], expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.experts[:, g], expected + base, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
 @pytest.mark.parametrize("inference", ["argmax", "soft"])
-def test_teacher_forcing_picks_true_group_expert(out_features, inference, device):
-    head = MultiExpertHead(
-        6, 4, out_features, inference=inference, device=device, dtype=torch.float64
+def test_teacher_forcing_picks_true_group_expert(out_features, inference, residual, device):
+    head = make_head(
+        6, 4, out_features, inference=inference, residual=residual, device=device,
+        dtype=torch.float64,
     )
     x = torch.randn(7, 6, device=device, dtype=torch.float64)
     groups = torch.tensor([0, 3, 1, 1, 2, 3, 0], device=device)
@@ -111,9 +138,13 @@ def test_teacher_forcing_picks_true_group_expert(out_features, inference, device
         assert torch.equal(out.prediction[i], out.experts[i, groups[i]])
 
 
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
-def test_argmax_inference_picks_argmax_expert(out_features, device):
-    head = MultiExpertHead(6, 5, out_features, device=device, dtype=torch.float64)
+def test_argmax_inference_picks_argmax_expert(out_features, residual, device):
+    head = make_head(
+        6, 5, out_features, inference="argmax", residual=residual, device=device,
+        dtype=torch.float64,
+    )
     x = torch.randn(9, 6, device=device, dtype=torch.float64) * 3
     logits, experts = ref_head(head, x)
     ref = [experts[i][ref_argmax(logits[i])] for i in range(9)]
@@ -121,9 +152,13 @@ def test_argmax_inference_picks_argmax_expert(out_features, device):
     torch.testing.assert_close(out.prediction, as_tensor(ref, x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
-def test_soft_inference_is_softmax_mixture(out_features, device):
-    head = MultiExpertHead(6, 5, out_features, inference="soft", device=device, dtype=torch.float64)
+def test_soft_inference_is_softmax_mixture(out_features, residual, device):
+    head = make_head(
+        6, 5, out_features, inference="soft", residual=residual, device=device,
+        dtype=torch.float64,
+    )
     x = torch.randn(9, 6, device=device, dtype=torch.float64) * 3
     logits, experts = ref_head(head, x)
     ref = [ref_soft(logits[i], experts[i]) for i in range(9)]
@@ -131,15 +166,33 @@ def test_soft_inference_is_softmax_mixture(out_features, device):
     torch.testing.assert_close(out.prediction, as_tensor(ref, x), rtol=1e-12, atol=1e-12)
 
 
-def test_inference_mode_can_be_switched():
-    head = MultiExpertHead(4, 3, dtype=torch.float64)
-    x = torch.randn(6, 4, dtype=torch.float64)
+def test_default_inference_is_soft_and_residual():
+    head = MultiExpertHead(4, 3)
+    assert head.inference == "soft" and head.residual and head.base is not None
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_inference_mode_can_be_switched(residual):
+    head = make_head(4, 3, inference="argmax", residual=residual, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64) * 3
     logits, experts = ref_head(head, x)
+    argmax = as_tensor([experts[i][ref_argmax(logits[i])] for i in range(6)], x)
+    torch.testing.assert_close(head(x).prediction, argmax, rtol=1e-12, atol=1e-12)
     head.inference = "soft"
     soft = head(x).prediction
     torch.testing.assert_close(
         soft, as_tensor([ref_soft(logits[i], experts[i]) for i in range(6)], x)
     )
+    head.inference = "argmax"
+    torch.testing.assert_close(head(x).prediction, argmax, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", ["mean", "Soft", "", None])
+def test_bad_inference_assignment_raises_and_keeps_mode(value):
+    head = MultiExpertHead(4, 3, inference="argmax")
+    with pytest.raises(ValueError, match="inference"):
+        head.inference = value
+    assert head.inference == "argmax"
 
 
 def test_empty_batch_and_batch_of_one(device):
@@ -182,18 +235,28 @@ def test_small_integer_groups_work_or_raise_value_error(dtype):
 # ---------------------------------------------------------------------------------------------
 # from_linear
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("inference", ["argmax", "soft"])
-def test_from_linear_reproduces_linear(out_features, bias, inference, dtype, device):
+def test_from_linear_reproduces_linear(out_features, bias, inference, residual, dtype, device):
     linear = nn.Linear(8, out_features, bias=bias, device=device, dtype=dtype)
-    head = MultiExpertHead.from_linear(linear, num_groups=5, inference=inference)
-    assert head.inference == inference and head.num_groups == 5
+    head = MultiExpertHead.from_linear(
+        linear, num_groups=5, inference=inference, residual=residual
+    )
+    assert head.inference == inference and head.num_groups == 5 and head.residual == residual
     assert head.in_features == 8 and head.out_features == out_features
     assert head.classifier.weight.dtype == dtype and head.experts.weight.device.type == device.type
     assert (head.classifier.bias is None) == (not bias) and (head.experts.bias is None) == (
         not bias
     )
+    if residual:  # the base is the copy, the deltas start at zero
+        assert torch.equal(head.base.weight, linear.weight)
+        assert (head.base.bias is None) == (not bias)
+        for p in head.experts.parameters():
+            assert torch.equal(p, torch.zeros_like(p))
+    else:
+        assert head.base is None
     x = torch.randn(11, 8, device=device, dtype=dtype) * 2
     out = head(x)
     assert torch.equal(out.logits, torch.zeros_like(out.logits))
@@ -206,13 +269,19 @@ def test_from_linear_reproduces_linear(out_features, bias, inference, dtype, dev
     assert torch.allclose(head(x, groups).prediction, linear(x), rtol=tol, atol=tol)
 
 
-def test_from_linear_copies_parameters_not_shares():
+@pytest.mark.parametrize("residual", [True, False])
+def test_from_linear_copies_parameters_not_shares(residual):
     linear = nn.Linear(4, 2)
-    head = MultiExpertHead.from_linear(linear, 3)
+    before = {k: v.clone() for k, v in linear.state_dict().items()}
+    head = MultiExpertHead.from_linear(linear, 3, residual=residual)
+    copy = head.base if residual else head.experts
     with torch.no_grad():
-        head.experts.weight.add_(1.0)
-    assert not torch.equal(head.experts.weight[:2], linear.weight)
-    assert head.experts.weight.data_ptr() != linear.weight.data_ptr()
+        for p in head.parameters():
+            p.add_(1.0)
+    for k, v in linear.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert copy.weight.data_ptr() != linear.weight.data_ptr()
+    assert copy.bias.data_ptr() != linear.bias.data_ptr()
 
 
 @pytest.mark.parametrize(
@@ -228,6 +297,169 @@ def test_from_linear_validates_arguments():
         MultiExpertHead.from_linear(nn.Linear(2, 1), 1)
     with pytest.raises(ValueError, match="inference"):
         MultiExpertHead.from_linear(nn.Linear(2, 1), 3, inference="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual experts: a shared base plus zero-initialised deltas
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("inference", ["argmax", "soft"])
+def test_fresh_residual_head_predicts_the_base(inference):
+    head = MultiExpertHead(6, 4, 2, inference=inference, dtype=torch.float64)
+    for p in head.experts.parameters():
+        assert torch.equal(p, torch.zeros_like(p))
+    x = torch.randn(7, 6, dtype=torch.float64) * 3
+    out = head(x)
+    base = head.base(x)
+    for g in range(4):
+        assert torch.equal(out.experts[:, g], base)
+    torch.testing.assert_close(out.prediction, base, rtol=1e-12, atol=1e-12)
+    assert torch.equal(head(x, torch.tensor([0, 1, 2, 3, 3, 2, 1])).prediction, base)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_expert_without_gradient_keeps_its_init(residual):
+    # Group 3 never appears in training: its delta gets no gradient, so a residual head's
+    # expert 3 predicts what the (trained) base does; the other experts move away from it.
+    head = MultiExpertHead(5, 4, residual=residual, dtype=torch.float64)
+    init = {k: v.clone() for k, v in head.state_dict().items()}
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    x, y = torch.randn(32, 5, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    groups = torch.arange(32) % 3
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(head(x, groups).prediction, y).backward()
+        optimizer.step()
+    rows = head.experts.weight.reshape(4, 1, 5)
+    assert torch.equal(rows[3], init["experts.weight"].reshape(4, 1, 5)[3])
+    assert torch.equal(head.experts.bias[3], init["experts.bias"][3])
+    xt = torch.randn(9, 5, dtype=torch.float64)
+    experts = head(xt).experts
+    if residual:
+        assert not torch.equal(head.base.weight, init["base.weight"])
+        torch.testing.assert_close(experts[:, 3], head.base(xt), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(experts[:, 0], head.base(xt))
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-hoc logit adjustment
+# ---------------------------------------------------------------------------------------------
+def ref_log_prior(counts):
+    """log(pi_g) with pi = max(count, 1) / sum of those (an empty group counts as 1)."""
+    c = [max(float(v), 1.0) for v in counts]
+    return [math.log(v / sum(c)) for v in c]
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("inference", ["argmax", "soft"])
+def test_logit_adjustment_matches_reference(inference, residual):
+    head = make_head(6, 5, 2, inference=inference, residual=residual, dtype=torch.float64)
+    counts = torch.tensor([50, 0, 7, 3, 20])
+    tau = 0.8
+    head.set_logit_adjustment(tau, counts)
+    assert head.tau == tau
+    log_prior = ref_log_prior(counts.tolist())
+    torch.testing.assert_close(
+        head.log_prior, torch.tensor(log_prior, dtype=torch.float64), rtol=1e-14, atol=1e-14
+    )
+    x = torch.randn(9, 6, dtype=torch.float64) * 3
+    logits, experts = ref_head(head, x)
+    ref = []
+    for i in range(9):
+        adjusted = [z - tau * a for z, a in zip(logits[i], log_prior)]
+        if inference == "argmax":
+            ref.append(experts[i][ref_argmax(adjusted)])
+        else:
+            ref.append(ref_soft(adjusted, experts[i]))
+    out = head(x)
+    torch.testing.assert_close(out.prediction, as_tensor(ref, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.logits, as_tensor(logits, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("inference", ["argmax", "soft"])
+def test_logit_adjustment_tau_zero_is_identity(inference):
+    head = make_head(6, 5, inference=inference, residual=True)
+    x = torch.randn(9, 6) * 3
+    before = head(x)
+    head.set_logit_adjustment(0.0, torch.tensor([50, 1, 7, 3, 20]))
+    assert head.tau == 0.0
+    for a, b in zip(head(x), before):
+        assert torch.equal(a, b)
+    head.set_logit_adjustment(1.0)  # the prior is kept; tau = 0 turns it off again
+    assert not torch.equal(head(x).prediction, before.prediction)
+    head.set_logit_adjustment(0.0)
+    assert torch.equal(head(x).prediction, before.prediction)
+
+
+def test_logit_adjustment_moves_predictions_toward_rare_groups():
+    head = MultiExpertHead(3, 2, inference="argmax", residual=False)
+    with torch.no_grad():
+        head.classifier.weight.zero_()
+        head.classifier.bias.copy_(torch.tensor([0.5, 0.0]))  # group 0 slightly preferred
+    x = torch.randn(4, 3)
+    assert (head(x).logits.argmax(1) == 0).all()
+    head.set_logit_adjustment(1.0, torch.tensor([90, 10]))  # group 1 is rare
+    expected = head(x, torch.ones(4, dtype=torch.long)).prediction
+    assert torch.equal(head(x).prediction, expected)
+
+
+def test_logit_adjustment_requires_counts():
+    head = MultiExpertHead(4, 3)
+    with pytest.raises(ValueError, match="group_counts"):
+        head.set_logit_adjustment(0.5)
+    assert head.tau == 0.0
+    head.set_logit_adjustment(0.0)  # off needs no prior
+    head.set_logit_adjustment(0.5, torch.tensor([3, 2, 1]))
+    prior = head.log_prior.clone()
+    head.set_logit_adjustment(0.25)  # the prior is kept
+    assert head.tau == 0.25 and torch.equal(head.log_prior, prior)
+
+
+@pytest.mark.parametrize(
+    "tau, counts, match",
+    [
+        (-0.1, [3, 2, 1], "tau"),
+        (float("nan"), [3, 2, 1], "tau"),
+        (0.5, [3, 2], "group_counts"),
+        (0.5, [[3, 2, 1]], "group_counts"),
+    ],
+)
+def test_logit_adjustment_bad_arguments(tau, counts, match):
+    head = MultiExpertHead(4, 3)
+    with pytest.raises(ValueError, match=match):
+        head.set_logit_adjustment(tau, torch.tensor(counts))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("inference", ["argmax", "soft"])
+def test_logit_adjustment_only_at_inference(inference, residual):
+    # With groups (training) the prediction is the true group's expert, adjustment or not.
+    head = make_head(6, 4, 2, inference=inference, residual=residual)
+    x, groups = torch.randn(8, 6) * 3, torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    plain = head(x, groups)
+    head.set_logit_adjustment(2.0, torch.tensor([100, 1, 1, 30]))
+    adjusted = head(x, groups)
+    for a, b in zip(adjusted, plain):
+        assert torch.equal(a, b)
+    assert not torch.equal(head(x).prediction, MultiExpertHead.forward(head, x, groups).prediction)
+
+
+def test_old_checkpoint_without_adjustment_buffers_loads_with_tau_zero():
+    # A dirloss 0.1 head: independent experts, no log_prior / logit_tau in its state_dict.
+    old = MultiExpertHead(5, 4, 2, inference="argmax", residual=False)
+    state = {k: v for k, v in old.state_dict().items() if k not in ("log_prior", "logit_tau")}
+    assert set(state) == {"classifier.weight", "classifier.bias", "experts.weight", "experts.bias"}
+    fresh = MultiExpertHead(5, 4, 2, inference="argmax", residual=False)
+    fresh.set_logit_adjustment(0.5, torch.tensor([10, 3, 1, 6]))
+    fresh.load_state_dict(state)  # strict
+    assert fresh.tau == 0.0 and torch.equal(fresh.log_prior, torch.zeros(4))
+    x = torch.randn(6, 5) * 3
+    for a, b in zip(fresh(x), old(x)):
+        assert torch.equal(a, b)
+    # ... also as a submodule (the prefix is honoured), and the caller's dict is not changed
+    wrapped = nn.Sequential(MultiExpertHead(5, 4, 2, residual=False))
+    wrapped.load_state_dict({f"0.{k}": v for k, v in state.items()})
+    assert wrapped[0].tau == 0.0
+    assert "log_prior" not in state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,43 +503,39 @@ def test_bad_groups(groups):
 # ---------------------------------------------------------------------------------------------
 # Standard battery
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("mode", ["argmax", "soft", "teacher"])
-def test_gradcheck(mode):
-    head = MultiExpertHead(
-        3, 4, 2, inference="soft" if mode == "soft" else "argmax", dtype=torch.float64
+def test_gradcheck(mode, residual):
+    head = make_head(
+        3, 4, 2, inference="soft" if mode == "soft" else "argmax", residual=residual,
+        dtype=torch.float64,
     )
+    if mode != "teacher":  # a logit adjustment in the inference modes
+        head.set_logit_adjustment(0.5, torch.tensor([5, 1, 3, 2]))
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     groups = torch.tensor([0, 3, 1, 2]) if mode == "teacher" else None
-    params = dict(head.named_parameters())
+    names = [k for k, _ in head.named_parameters()]
+    assert ("base.weight" in names) == residual
 
-    def fn(x, wc, bc, we, be):
-        out = torch.func.functional_call(
-            head,
-            {
-                "classifier.weight": wc,
-                "classifier.bias": bc,
-                "experts.weight": we,
-                "experts.bias": be,
-            },
-            (x, groups),
-        )
+    def fn(x, *values):
+        out = torch.func.functional_call(head, dict(zip(names, values)), (x, groups))
         return out.logits, out.prediction
 
-    inputs = (x,) + tuple(
-        params[k].detach().clone().requires_grad_()
-        for k in ("classifier.weight", "classifier.bias", "experts.weight", "experts.bias")
-    )
-    assert torch.autograd.gradcheck(fn, inputs)
+    params = tuple(p.detach().clone().requires_grad_() for p in head.parameters())
+    assert torch.autograd.gradcheck(fn, (x, *params))
 
 
-def test_gradients_reach_only_chosen_expert():
-    head = MultiExpertHead(3, 4, 1)
+@pytest.mark.parametrize("residual", [True, False])
+def test_gradients_reach_only_chosen_expert(residual):
+    head = make_head(3, 4, 1, residual=residual)
     x = torch.randn(2, 3)
     head(x, torch.tensor([1, 1])).prediction.sum().backward()
     grad = head.experts.weight.grad.reshape(4, 1, 3)
     assert grad[1].abs().sum() > 0
     assert grad[[0, 2, 3]].abs().sum() == 0
     assert head.classifier.weight.grad is None or head.classifier.weight.grad.abs().sum() == 0
+    if residual:  # the shared base learns from every sample
+        assert head.base.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize(
@@ -319,9 +547,14 @@ def test_gradients_reach_only_chosen_expert():
         pytest.param("soft", "inductor", marks=pytest.mark.slow),
     ],
 )
-def test_compile_fullgraph_matches_eager(mode, backend, device):
+@pytest.mark.parametrize("residual", [True, False])
+def test_compile_fullgraph_matches_eager(mode, backend, residual, device):
     torch._dynamo.reset()
-    head = MultiExpertHead(6, 4, 2, inference="soft" if mode == "soft" else "argmax", device=device)
+    head = make_head(
+        6, 4, 2, inference="soft" if mode == "soft" else "argmax", residual=residual,
+        device=device,
+    )
+    head.set_logit_adjustment(0.7, torch.tensor([40, 5, 1, 10]))  # on, in the inference modes
     x = torch.randn(8, 6, device=device)
     groups = torch.randint(0, 4, (8,), device=device) if mode == "teacher" else None
     compiled = torch.compile(head, fullgraph=True, backend=backend)
@@ -330,28 +563,44 @@ def test_compile_fullgraph_matches_eager(mode, backend, device):
         torch.testing.assert_close(a, b)
 
 
-def test_factory_kwargs(device):
-    head = MultiExpertHead(4, 3, 2, device=device, dtype=torch.float64)
+@pytest.mark.parametrize("residual", [True, False])
+def test_factory_kwargs(residual, device):
+    head = MultiExpertHead(4, 3, 2, residual=residual, device=device, dtype=torch.float64)
     for name, p in head.named_parameters():
         assert p.dtype == torch.float64, name
         assert p.device.type == device.type, name
+    for name, b in head.named_buffers():  # the logit adjustment follows dtype= too
+        assert b.dtype == torch.float64, name
+        assert b.device.type == device.type, name
     out = head(torch.randn(2, 4, device=device, dtype=torch.float64))
     assert all(t.dtype == torch.float64 for t in out)
     assert head.classifier.weight.shape == (3, 4) and head.experts.weight.shape == (6, 4)
+    if residual:
+        assert head.base.weight.shape == (2, 4)
 
 
-def test_no_bias():
-    head = MultiExpertHead(4, 3, 2, bias=False)
+@pytest.mark.parametrize("residual", [True, False])
+def test_no_bias(residual):
+    head = MultiExpertHead(4, 3, 2, bias=False, residual=residual)
     assert head.classifier.bias is None and head.experts.bias is None
+    assert head.base is None or head.base.bias is None
     assert torch.equal(head(torch.zeros(2, 4)).experts, torch.zeros(2, 3, 2))
 
 
-def test_state_dict_round_trip():
-    head = MultiExpertHead(5, 4, 3, inference="soft")
+@pytest.mark.parametrize("residual", [True, False])
+def test_state_dict_round_trip(residual):
+    head = make_head(5, 4, 3, inference="soft", residual=residual)
+    head.set_logit_adjustment(0.5, torch.tensor([10, 3, 1, 6]))
     state = head.state_dict()
-    assert set(state) == {"classifier.weight", "classifier.bias", "experts.weight", "experts.bias"}
-    fresh = MultiExpertHead(5, 4, 3, inference="soft")
+    keys = {"classifier.weight", "classifier.bias", "experts.weight", "experts.bias"}
+    keys |= {"log_prior", "logit_tau"}
+    if residual:
+        keys |= {"base.weight", "base.bias"}
+    assert set(state) == keys
+    fresh = MultiExpertHead(5, 4, 3, inference="soft", residual=residual)
     fresh.load_state_dict(state)
+    assert fresh.tau == 0.5
+    torch.testing.assert_close(fresh.log_prior, head.log_prior, rtol=0, atol=0)
     x = torch.randn(6, 5)
     for a, b in zip(fresh(x), head(x)):
         assert torch.equal(a, b)

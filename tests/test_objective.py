@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -10,16 +11,38 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dirloss.functional
 from dirloss import GroupBinner, GroupDIRLoss, GroupDIRLossOutput, HeadOutput, MultiExpertHead
-from dirloss.functional import descending_soft_label_loss, group_contrastive_loss
+from dirloss.functional import (
+    descending_soft_label_loss,
+    descending_soft_label_table,
+    group_contrastive_loss,
+)
 
 G, D = 4, 6
 
+# The paper's objective (dirloss 0.1), written out: every weight 1, the true group's expert
+# only, the MSE in the targets' own units, T = 0.1, the soft-label term a batch mean.
+PAPER = dict(
+    lambda_grc=1.0, lambda_mse=1.0, lambda_soft=1.0, expert_share=0.0, standardize_mse=False,
+    temperature=0.1, soft_reduction="mean",
+)
 
-def make(device="cpu", *, n=10, out_features=1, dtype=torch.float32, **kwargs):
+
+def settings_of(kwargs, paper=False):
+    """Every GroupDIRLoss setting the reference needs: the constructor's defaults (read from
+    its signature: the recipe's values may change) or the paper's, updated by ``kwargs``."""
+    params = inspect.signature(GroupDIRLoss.__init__).parameters
+    base = {k: p.default for k, p in params.items() if p.default is not p.empty}
+    return {**base, **(PAPER if paper else {}), **kwargs}
+
+
+def make(device="cpu", *, n=10, out_features=1, dtype=torch.float32, paper=False, **kwargs):
     binner = GroupBinner(G).fit(torch.rand(200, dtype=torch.float64) ** 2 * 10)
-    criterion = GroupDIRLoss(binner, **kwargs).to(device)
-    head = MultiExpertHead(D, G, out_features, device=device, dtype=dtype)
+    factory = GroupDIRLoss.paper if paper else GroupDIRLoss
+    criterion = factory(binner, **kwargs).to(device)
+    # experts that differ from each other (a fresh residual head's experts are all the base)
+    head = MultiExpertHead(D, G, out_features, residual=False, device=device, dtype=dtype)
     features = torch.randn(n, D, device=device, dtype=dtype, requires_grad=True)
     shape = (n,) if out_features == 1 else (n, out_features)
     target = (torch.rand(shape, dtype=dtype) * 10).to(device)
@@ -29,19 +52,35 @@ def make(device="cpu", *, n=10, out_features=1, dtype=torch.float32, **kwargs):
 # ---------------------------------------------------------------------------------------------
 # Reference: the total from its parts, each computed independently.
 # ---------------------------------------------------------------------------------------------
-def ref_parts(
-    criterion,
-    output,
-    features,
-    target,
-    groups=None,
-    *,
-    temperature=0.1,
-    similarity="l2",
-    scale=1.0,
-    step=1,
-    tau=0.0,
-):
+def ref_share_table(num_groups, share):
+    """w[k][g] = exp(-|g - k| / s) / sum_h exp(-|h - k| / s); the identity for s = 0."""
+    if share == 0:
+        return [[float(g == k) for g in range(num_groups)] for k in range(num_groups)]
+    rows = []
+    for k in range(num_groups):
+        e = [math.exp(-abs(g - k) / share) for g in range(num_groups)]
+        rows.append([v / sum(e) for v in e])
+    return rows
+
+
+def ref_expert_mse(experts, target, groups, share, unit):
+    """1 / (N O unit^2) sum_i sum_g w[g_i][g] sum_o (experts[i][g][o] - y[i][o])^2."""
+    n, num_groups, out_features = experts.shape
+    w = ref_share_table(num_groups, share)
+    e = experts.detach().double().cpu().tolist()
+    y = target.detach().double().cpu().reshape(n, out_features).tolist()
+    total = 0.0
+    for i in range(n):
+        k = int(groups[i])
+        for g in range(num_groups):
+            total += w[k][g] * sum((e[i][g][o] - y[i][o]) ** 2 for o in range(out_features))
+    return torch.tensor(total / (max(n * out_features, 1) * unit**2), dtype=torch.float64)
+
+
+def ref_parts(criterion, output, features, target, groups=None, **kwargs):
+    """(grc, mse, soft) of the settings ``settings_of(kwargs)`` (pass ``paper=True`` for
+    the paper's)."""
+    s = settings_of({k: v for k, v in kwargs.items() if k != "paper"}, kwargs.get("paper"))
     binner = criterion.binner
     if groups is None:
         groups = binner(target)
@@ -49,31 +88,42 @@ def ref_parts(
         features,
         groups,
         num_groups=binner.num_groups,
-        temperature=temperature,
-        similarity=similarity,
+        temperature=s["temperature"],
+        similarity=s["similarity"],
     )
-    # the expert of each sample's true group, picked by a loop
-    pred = torch.stack([output.experts[i, groups[i]] for i in range(groups.shape[0])])
-    target2 = target.reshape(pred.shape)
-    mse = F.mse_loss(pred.double(), target2.double())
+    unit = float(binner.label_std) if s["standardize_mse"] else 1.0
+    mse = ref_expert_mse(output.experts, target, groups.cpu(), s["expert_share"], unit)
     adjustment = None
-    if tau and criterion.training:
+    if s["tau"] and criterion.training:
         counts = binner.counts.double().clamp_min(1.0)
-        adjustment = tau * (counts / counts.sum()).log()
+        adjustment = s["tau"] * (counts / counts.sum()).log()
     soft = descending_soft_label_loss(
-        output.logits.double(), groups, scale=scale, step=step, logit_adjustment=adjustment
+        output.logits.double(), groups, scale=s["scale"], step=s["step"],
+        logit_adjustment=adjustment, reduction=s["soft_reduction"],
     )
-    return grc, mse, soft
+    return grc, mse.to(grc.device), soft
+
+
+def ref_total(parts, **kwargs):
+    s = settings_of({k: v for k, v in kwargs.items() if k != "paper"}, kwargs.get("paper"))
+    grc, mse, soft = (p.detach().double() for p in parts)
+    return s["lambda_grc"] * grc + s["lambda_mse"] * mse + s["lambda_soft"] * soft
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [
         {},
+        dict(paper=True),
         dict(lambda_grc=0.3, lambda_mse=2.0, lambda_soft=0.5),
         dict(lambda_grc=1.5, temperature=0.5, similarity="cosine", scale=2.0, step=2),
         dict(tau=0.7, lambda_soft=3.0),
+        dict(expert_share=0.0),
+        dict(expert_share=2.5, standardize_mse=False),
+        dict(paper=True, expert_share=0.5, lambda_mse=3.0),
+        dict(soft_reduction="sum"),
     ],
+    ids=lambda kwargs: ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults",
 )
 def test_total_is_weighted_sum_of_independent_parts(kwargs, device):
     criterion, head, features, target = make(device, **kwargs)
@@ -81,14 +131,12 @@ def test_total_is_weighted_sum_of_independent_parts(kwargs, device):
     output = head(features, groups)
     got = criterion(output, features, target)
     assert isinstance(got, GroupDIRLossOutput)
-    ref_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("lambda_")}
-    grc, mse, soft = ref_parts(criterion, output, features, target, **ref_kwargs)
+    grc, mse, soft = ref_parts(criterion, output, features, target, **kwargs)
     torch.testing.assert_close(got.grc, grc.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.mse.double(), mse.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.soft.double(), soft.detach(), rtol=1e-5, atol=1e-6)
-    lg, lm, ls = (kwargs.get(k, 1.0) for k in ("lambda_grc", "lambda_mse", "lambda_soft"))
-    total = lg * grc + lm * mse + ls * soft
-    torch.testing.assert_close(got.loss.double(), total.detach().double(), rtol=1e-5, atol=1e-5)
+    total = ref_total((grc, mse, soft), **kwargs)
+    torch.testing.assert_close(got.loss.double(), total, rtol=1e-5, atol=1e-5)
     assert (
         got.loss.shape == ()
         and got.grc.shape == ()
@@ -110,9 +158,10 @@ def test_logit_adjustment_only_in_train_mode():
     torch.testing.assert_close(train.double(), soft.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_mse_uses_true_group_expert_not_prediction():
-    criterion, head, features, target = make()
-    output = head(features)  # argmax prediction, not teacher-forced
+@pytest.mark.parametrize("paper", [False, True])
+def test_mse_uses_experts_not_prediction(paper):
+    criterion, head, features, target = make(paper=paper)
+    output = head(features)  # an inference prediction, not teacher-forced
     garbage = HeadOutput(output.logits, output.experts, torch.full_like(output.prediction, 1e6))
     a, b = criterion(output, features, target), criterion(garbage, features, target)
     assert torch.equal(a.loss, b.loss) and torch.equal(a.mse, b.mse)
@@ -136,25 +185,26 @@ def _boom(*args, **kwargs):
     raise AssertionError("a term with weight 0 was computed")
 
 
+@pytest.mark.parametrize("paper", [False, True])
 @pytest.mark.parametrize("part", ["grc", "mse", "soft"])
-def test_zero_weight_skips_term(part, monkeypatch):
-    criterion, head, features, target = make(**{f"lambda_{part}": 0.0})
+def test_zero_weight_skips_term(part, paper, monkeypatch):
+    kwargs = {f"lambda_{part}": 0.0, "paper": paper}
+    criterion, head, features, target = make(**kwargs)
     output = head(features, criterion.binner(target))
     expected = criterion(output, features, target)
-    grc, mse, soft = ref_parts(criterion, output, features, target)
+    parts = ref_parts(criterion, output, features, target, **kwargs)
     if part == "grc":
         monkeypatch.setattr(criterion.contrastive, "forward", _boom)
     elif part == "soft":
         monkeypatch.setattr(criterion.soft_label, "forward", _boom)
     else:
+        monkeypatch.setattr(dirloss.functional, "expert_mse_loss", _boom)
         monkeypatch.setattr(F, "mse_loss", _boom)
     got = criterion(output, features, target)
     assert getattr(got, part).item() == 0.0
     torch.testing.assert_close(got.loss, expected.loss)
-    parts = {"grc": grc, "mse": mse, "soft": soft}
-    parts[part] = torch.zeros(())
     torch.testing.assert_close(
-        got.loss.double(), sum(parts.values()).detach().double(), rtol=1e-5, atol=1e-5
+        got.loss.double(), ref_total(parts, **kwargs), rtol=1e-5, atol=1e-5
     )
 
 
@@ -204,15 +254,19 @@ def test_grc_alone_reaches_features():
     assert features.grad.abs().sum() > 0
 
 
-def test_float64_parts_stay_float64():
-    # A float64 head and target: every part, the MSE included, is computed in float64.
-    criterion, head, features, target = make(dtype=torch.float64)
+@pytest.mark.parametrize("paper", [False, True])
+def test_float64_parts_stay_float64(paper):
+    # A float64 head and target: every part, the MSE included, is computed in float64. The
+    # expert-share table is built as a float32 buffer (like the soft-label table), so with
+    # expert_share > 0 its weights carry float32 rounding: the paper's MSE is exact.
+    criterion, head, features, target = make(dtype=torch.float64, paper=paper)
     output = head(features, criterion.binner(target))
     out = criterion(output, features, target)
-    _, mse, _ = ref_parts(criterion, output, features, target)
+    _, mse, _ = ref_parts(criterion, output, features, target, paper=paper)
     assert out.mse.dtype == torch.float64
     assert out.loss.dtype == torch.float64
-    torch.testing.assert_close(out.mse, mse.detach(), rtol=1e-12, atol=1e-12)
+    tol = 1e-12 if paper else 1e-6
+    torch.testing.assert_close(out.mse, mse.detach(), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("part", ["grc", "mse", "soft"])
@@ -329,19 +383,22 @@ def test_without_validate_nan_target_makes_mse_nan():
 # ---------------------------------------------------------------------------------------------
 # groups= override and multi-output targets
 # ---------------------------------------------------------------------------------------------
-def test_groups_override_for_three_column_targets(device):
-    criterion, head, features, target = make(device, out_features=3, lambda_mse=2.0)
+@pytest.mark.parametrize("paper", [False, True])
+def test_groups_override_for_three_column_targets(paper, device):
+    kwargs = dict(lambda_mse=2.0, paper=paper)
+    criterion, head, features, target = make(device, out_features=3, **kwargs)
     groups = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 0, 1], device=device)
     output = head(features, groups)
     got = criterion(output, features, target, groups=groups)
-    grc, mse, soft = ref_parts(criterion, output, features, target, groups)
-    pred = torch.stack([output.experts[i, groups[i]] for i in range(10)])
-    torch.testing.assert_close(mse, F.mse_loss(pred.double(), target.double()))
+    grc, mse, soft = ref_parts(criterion, output, features, target, groups, **kwargs)
+    if paper:  # the paper's MSE: the mean over N x 3 entries of the true group's expert
+        pred = torch.stack([output.experts[i, groups[i]] for i in range(10)])
+        torch.testing.assert_close(mse, F.mse_loss(pred.double(), target.double()))
     torch.testing.assert_close(got.mse.double(), mse.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.grc, grc.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.soft.double(), soft.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(
-        got.loss.double(), (grc + 2.0 * mse + soft).detach().double(), rtol=1e-5, atol=1e-5
+        got.loss.double(), ref_total((grc, mse, soft), **kwargs), rtol=1e-5, atol=1e-5
     )
 
 
@@ -351,14 +408,16 @@ def test_missing_groups_for_three_column_target():
         criterion(head(features), features, target)
 
 
-def test_groups_override_replaces_binning():
-    criterion, head, features, target = make()
+@pytest.mark.parametrize("paper", [False, True])
+def test_groups_override_replaces_binning(paper):
+    criterion, head, features, target = make(paper=paper)
     groups = torch.zeros(10, dtype=torch.long)
+    assert not torch.equal(criterion.binner(target), groups)
     output = head(features, groups)
     got = criterion(output, features, target, groups=groups)
-    grc, mse, soft = ref_parts(criterion, output, features, target, groups)
+    parts = ref_parts(criterion, output, features, target, groups, paper=paper)
     torch.testing.assert_close(
-        got.loss.double(), (grc + mse + soft).detach().double(), rtol=1e-5, atol=1e-5
+        got.loss.double(), ref_total(parts, paper=paper), rtol=1e-5, atol=1e-5
     )
 
 
