@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import dirloss.functional
@@ -23,10 +23,10 @@ G, D = 4, 6
 
 # The paper's objective (dirloss 0.1), written out: every weight 1, the true group's expert
 # only, the MSE in the targets' own units, T = 0.1, the soft-label term a batch mean.
-PAPER = dict(
-    lambda_grc=1.0, lambda_mse=1.0, lambda_soft=1.0, expert_share=0.0, standardize_mse=False,
-    temperature=0.1, soft_reduction="mean",
-)
+PAPER = {
+    "lambda_grc": 1.0, "lambda_mse": 1.0, "lambda_soft": 1.0, "expert_share": 0.0,
+    "standardize_mse": False, "temperature": 0.1, "soft_reduction": "mean",
+}
 
 
 def settings_of(kwargs, paper=False):
@@ -114,14 +114,14 @@ def ref_total(parts, **kwargs):
     "kwargs",
     [
         {},
-        dict(paper=True),
-        dict(lambda_grc=0.3, lambda_mse=2.0, lambda_soft=0.5),
-        dict(lambda_grc=1.5, temperature=0.5, similarity="cosine", scale=2.0, step=2),
-        dict(tau=0.7, lambda_soft=3.0),
-        dict(expert_share=0.0),
-        dict(expert_share=2.5, standardize_mse=False),
-        dict(paper=True, expert_share=0.5, lambda_mse=3.0),
-        dict(soft_reduction="sum"),
+        {"paper": True},
+        {"lambda_grc": 0.3, "lambda_mse": 2.0, "lambda_soft": 0.5},
+        {"lambda_grc": 1.5, "temperature": 0.5, "similarity": "cosine", "scale": 2.0, "step": 2},
+        {"tau": 0.7, "lambda_soft": 3.0},
+        {"expert_share": 0.0},
+        {"expert_share": 2.5, "standardize_mse": False},
+        {"paper": True, "expert_share": 0.5, "lambda_mse": 3.0},
+        {"soft_reduction": "sum"},
     ],
     ids=lambda kwargs: ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults",
 )
@@ -297,7 +297,9 @@ def test_binner_must_be_fitted_group_binner():
         GroupDIRLoss(lambda y: y.long())
 
 
-@pytest.mark.parametrize("name", ["lambda_grc", "lambda_mse", "lambda_soft", "tau"])
+@pytest.mark.parametrize(
+    "name", ["lambda_grc", "lambda_mse", "lambda_soft", "tau", "expert_share"]
+)
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
 def test_bad_weights(name, value):
     binner = GroupBinner(G).fit(torch.rand(20))
@@ -313,6 +315,18 @@ def test_bad_soft_label_and_contrastive_params():
         GroupDIRLoss(binner, temperature=0.0)
     with pytest.raises(ValueError, match="similarity"):
         GroupDIRLoss(binner, similarity="dot")
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        GroupDIRLoss(binner, soft_reduction="average")
+
+
+@pytest.mark.parametrize("paper", [False, True])
+def test_prediction_instead_of_head_output_raises(paper):
+    criterion, head, features, target = make(paper=paper)
+    out = head(features)
+    with pytest.raises(ValueError, match="HeadOutput"):
+        criterion(out.prediction, features, target)
+    with pytest.raises(ValueError, match="HeadOutput"):
+        criterion(tuple(out), features, target)  # a plain tuple is not a HeadOutput either
 
 
 def test_head_num_groups_mismatch():
@@ -368,6 +382,17 @@ def test_validate_counts_bad_targets():
     criterion(head(features), features, target)  # finite targets pass
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_validate_counts_bad_features(value):
+    criterion, head, features, target = make(validate=True)
+    bad = features.detach().clone()
+    bad[3, 1] = value
+    bad[5, [0, 4]] = value
+    with pytest.raises(ValueError, match=rf"expected finite features, got 3 NaN/inf of {10 * D}"):
+        criterion(head(features), bad, target)
+    criterion(head(features), features, target)  # finite features pass
+
+
 def test_without_validate_nan_target_makes_mse_nan():
     # Documented: without validate a NaN target does not raise; it lands in the last group,
     # so L_grc and L_soft stay finite, while the MSE term (and so the loss) is NaN.
@@ -385,7 +410,7 @@ def test_without_validate_nan_target_makes_mse_nan():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("paper", [False, True])
 def test_groups_override_for_three_column_targets(paper, device):
-    kwargs = dict(lambda_mse=2.0, paper=paper)
+    kwargs = {"lambda_mse": 2.0, "paper": paper}
     criterion, head, features, target = make(device, out_features=3, **kwargs)
     groups = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 0, 1], device=device)
     output = head(features, groups)
@@ -482,6 +507,7 @@ def test_state_dict_includes_binner_and_round_trips():
         "binner.edges",
         "binner.counts",
         "binner.centers",
+        "binner.label_std",
         "soft_label.table",
         "soft_label.logit_adjustment",
     } <= set(state)
@@ -543,7 +569,7 @@ def test_autocast_bf16(device):
 # ---------------------------------------------------------------------------------------------
 def test_compile_fullgraph_training_step_matches_eager(device):
     torch._dynamo.reset()
-    criterion, head, features, target = make(device, tau=0.5)
+    criterion, head, _, target = make(device, tau=0.5)
     backbone = torch.nn.Linear(3, D).to(device)
     x = torch.randn(10, 3, device=device)
 
@@ -582,3 +608,135 @@ def test_permutation_invariance(n, seed):
     b = criterion(head(features[perm]), features[perm], target[perm])
     for x, y in zip(a, b):
         assert math.isclose(x.item(), y.item(), rel_tol=1e-6, abs_tol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe's options and the paper's objective
+# ---------------------------------------------------------------------------------------------
+def test_defaults_are_the_module_constants():
+    from dirloss import objective
+
+    criterion = GroupDIRLoss(GroupBinner(G).fit(torch.rand(50)))
+    assert criterion.lambda_grc == objective.DEFAULT_LAMBDA_GRC
+    assert criterion.lambda_mse == objective.DEFAULT_LAMBDA_MSE
+    assert criterion.expert_share == objective.DEFAULT_EXPERT_SHARE
+    assert criterion.standardize_mse and criterion.soft_label.reduction == "mean"
+
+
+def test_paper_settings():
+    binner = GroupBinner(G).fit(torch.rand(50))
+    criterion = GroupDIRLoss.paper(binner)
+    assert (criterion.lambda_grc, criterion.lambda_mse, criterion.lambda_soft) == (1.0, 1.0, 1.0)
+    assert criterion.expert_share == 0.0 and not criterion.standardize_mse
+    assert criterion.contrastive.temperature == 0.1
+    assert criterion.soft_label.reduction == "mean"
+    assert GroupDIRLoss.paper(binner, authors_weighting=True).soft_label.reduction == "sum"
+    overridden = GroupDIRLoss.paper(binner, lambda_mse=2.0, tau=0.5)
+    assert overridden.lambda_mse == 2.0 and overridden.soft_label.tau == 0.5
+    assert overridden.expert_share == 0.0
+
+
+@pytest.mark.parametrize("out_features", [1, 3])
+@pytest.mark.parametrize("standardize_mse", [False, True])
+def test_expert_share_zero_is_the_true_group_mse(standardize_mse, out_features):
+    # The paper's MSE: only the true group's expert, a plain mean over N x O entries (divided
+    # by label_std^2 when standardized).
+    criterion, head, features, target = make(
+        out_features=out_features, dtype=torch.float64, expert_share=0.0,
+        standardize_mse=standardize_mse,
+    )
+    groups = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0, 0, 1])
+    output = head(features)
+    got = criterion(output, features, target, groups=groups)
+    pred = torch.stack([output.experts[i, groups[i]] for i in range(10)])
+    expected = F.mse_loss(pred, target.reshape(pred.shape))
+    if standardize_mse:
+        expected = expected / criterion.binner.label_std**2
+    torch.testing.assert_close(got.mse, expected.detach(), rtol=1e-12, atol=1e-12)
+
+
+def ref_paper_objective(output, features, target, groups, authors_weighting=False):
+    """dirloss 0.1 by hand (float64): L_grc (T = 0.1) + the plain mean MSE of the true
+    group's expert + the batch mean (the authors: sum) of the descending soft-label CE."""
+    n = groups.shape[0]
+    grc = group_contrastive_loss(features, groups, num_groups=G, temperature=0.1)
+    pred = torch.stack([output.experts[i, groups[i]] for i in range(n)])
+    mse = ((pred - target.reshape(pred.shape)) ** 2).mean()
+    p = descending_soft_label_table(G, dtype=torch.float64)
+    ce = []
+    for i in range(n):
+        z = output.logits[i]
+        log_softmax = z - z.max() - (z - z.max()).exp().sum().log()
+        ce.append(-sum(p[groups[i], j] * log_softmax[j] for j in range(G)))
+    soft = sum(ce) if authors_weighting else sum(ce) / n
+    return grc, mse, soft
+
+
+@pytest.mark.parametrize("authors_weighting", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_paper_reproduces_the_01_objective(authors_weighting, residual):
+    binner = GroupBinner(G).fit(torch.rand(200, dtype=torch.float64) ** 2 * 10)
+    criterion = GroupDIRLoss.paper(binner, authors_weighting=authors_weighting)
+    head = MultiExpertHead(D, G, residual=residual, inference="argmax", dtype=torch.float64)
+    if residual:  # experts that differ
+        torch.nn.init.normal_(head.experts.weight)
+    n = 12
+    features = torch.randn(n, D, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(n, dtype=torch.float64) * 10
+    groups = binner(target)
+    output = head(features, groups)
+    got = criterion(output, features, target)
+    grc, mse, soft = ref_paper_objective(output, features, target, groups, authors_weighting)
+    # the soft-label table is a float32 buffer: 1e-6 (the rest agrees to float64 rounding)
+    torch.testing.assert_close(got.grc, grc.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.mse, mse.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.soft, soft.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got.loss, (grc + mse + soft).detach(), rtol=1e-6, atol=1e-6)
+    # gradients too
+    grads = torch.autograd.grad(got.loss, [features, head.experts.weight], retain_graph=True)
+    ref_grads = torch.autograd.grad(grc + mse + soft, [features, head.experts.weight])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_authors_weighting_sums_the_soft_term():
+    criterion, head, features, target = make(n=12, paper=True, dtype=torch.float64)
+    authors = GroupDIRLoss.paper(criterion.binner, authors_weighting=True)
+    output = head(features)
+    mean, summed = criterion(output, features, target), authors(output, features, target)
+    torch.testing.assert_close(summed.soft, 12 * mean.soft, rtol=1e-12, atol=1e-12)
+    assert torch.equal(summed.grc, mean.grc) and torch.equal(summed.mse, mean.mse)
+    torch.testing.assert_close(
+        summed.loss, mean.grc + mean.mse + 12 * mean.soft, rtol=1e-12, atol=1e-12
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c=st.floats(1e-2, 1e2),
+    d=st.floats(-1e2, 1e2),
+    tau=st.sampled_from([0.0, 0.5]),
+    n=st.integers(2, 16),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_recipe_is_unit_free(c, d, tau, n, seed):
+    # Targets y -> c y + d (binner refitted, experts c * experts + d): the default objective,
+    # and each of its terms, is unchanged.
+    gen = torch.Generator().manual_seed(seed)
+    train = torch.rand(100, generator=gen, dtype=torch.float64) ** 2 * 10
+    binner = GroupBinner(G).fit(train)
+    moved = GroupBinner(G).fit(c * train + d)
+    target = torch.rand(n, generator=gen, dtype=torch.float64) * 10
+    # labels on a bin edge may round into the next group after the move: skip those draws
+    assume(torch.equal(binner(target), moved(c * target + d)))
+    assume(torch.equal(binner.counts, moved.counts))
+    head = MultiExpertHead(D, G, dtype=torch.float64)
+    torch.nn.init.normal_(head.experts.weight, generator=gen)
+    features = torch.randn(n, D, generator=gen, dtype=torch.float64)
+    out = head(features)
+    out_moved = HeadOutput(out.logits, c * out.experts + d, c * out.prediction + d)
+    a = GroupDIRLoss(binner, tau=tau)(out, features, target)
+    b = GroupDIRLoss(moved, tau=tau)(out_moved, features, c * target + d)
+    for name in ("loss", "grc", "mse", "soft"):
+        x, y = getattr(a, name).item(), getattr(b, name).item()
+        assert math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9), (name, x, y)
