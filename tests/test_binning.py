@@ -324,6 +324,78 @@ def test_failed_fit_leaves_binner_unfitted():
 
 
 # ---------------------------------------------------------------------------------------------
+# label_std: the unit of the objective's expert MSE
+# ---------------------------------------------------------------------------------------------
+def ref_std(labels):
+    """Population standard deviation: sqrt(1/N sum (y - mean)^2)."""
+    ys = [float(v) for v in labels]
+    mean = sum(ys) / len(ys)
+    return math.sqrt(sum((v - mean) ** 2 for v in ys) / len(ys))
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_label_std_is_std_of_fitted_labels(strategy):
+    labels = torch.rand(300, dtype=torch.float64) ** 3 * 40 - 7
+    binner = GroupBinner(5, strategy=strategy).fit(labels)
+    assert binner.label_std.dtype == torch.float64 and binner.label_std.shape == ()
+    assert math.isclose(binner.label_std.item(), ref_std(labels.tolist()), rel_tol=1e-12)
+    assert math.isclose(binner.label_std.item(), float(np.std(labels.numpy())), rel_tol=1e-14)
+
+
+def test_label_std_follows_a_refit():
+    binner = GroupBinner(4).fit(torch.rand(100, dtype=torch.float64))
+    labels = torch.rand(100, dtype=torch.float64) * 50 + 3
+    binner.fit(labels)
+    assert math.isclose(binner.label_std.item(), ref_std(labels.tolist()), rel_tol=1e-12)
+
+
+def test_label_std_of_explicit_edges():
+    # Before fit: the std of a uniform law on [e_0, e_G]; after fit: the labels' std.
+    edges = [0.0, 1.0, 4.0, 10.0]
+    binner = GroupBinner(3, edges=edges)
+    assert math.isclose(binner.label_std.item(), 10.0 / math.sqrt(12.0), rel_tol=1e-15)
+    labels = [0.5, 2.0, 2.5, 9.0, 3.0]
+    binner.fit(labels)
+    assert math.isclose(binner.label_std.item(), ref_std(labels), rel_tol=1e-12)
+    binner.fit([2.0, 2.0])  # no spread: back to the uniform law's std, never 0
+    assert math.isclose(binner.label_std.item(), 10.0 / math.sqrt(12.0), rel_tol=1e-15)
+
+
+def test_unfitted_label_std_is_nan():
+    assert torch.isnan(GroupBinner(3).label_std)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_label_std_stays_float64_when_cast(dtype):
+    labels = torch.rand(50, dtype=torch.float64) * 1e5 + 1.0 / 3.0
+    binner = GroupBinner(4).fit(labels)
+    std = binner.label_std.clone()
+    binner.to(dtype)
+    assert binner.label_std.dtype == torch.float64 and torch.equal(binner.label_std, std)
+    binner.half()
+    assert binner.label_std.dtype == torch.float64 and torch.equal(binner.label_std, std)
+
+
+def test_old_state_dict_without_label_std_loads():
+    # A dirloss 0.1 checkpoint has no label_std: it is filled from the edges (uniform law).
+    binner = GroupBinner(4).fit(torch.rand(60, dtype=torch.float64) * 8)
+    state = {k: v for k, v in binner.state_dict().items() if k != "label_std"}
+    fresh = GroupBinner(4)
+    fresh.load_state_dict(state)  # strict
+    edges = binner.edges.tolist()
+    assert fresh.fitted
+    assert fresh.label_std.dtype == torch.float64
+    assert math.isclose(
+        fresh.label_std.item(), (edges[-1] - edges[0]) / math.sqrt(12.0), rel_tol=1e-15
+    )
+    assert "label_std" not in state  # the caller's dict is not changed
+    # ... also as a submodule (the prefix is honoured)
+    wrapped = torch.nn.Sequential(GroupBinner(4))
+    wrapped.load_state_dict({f"0.{k}": v for k, v in state.items()})
+    assert torch.equal(wrapped[0].label_std, fresh.label_std)
+
+
+# ---------------------------------------------------------------------------------------------
 # State and devices
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
@@ -351,9 +423,9 @@ def test_loading_unfitted_state_keeps_unfitted():
 
 def test_buffers_move_with_device(device):
     binner = GroupBinner(3).fit(torch.rand(20)).to(device)
-    for name in ("edges", "counts", "centers"):
+    for name in ("edges", "counts", "centers", "label_std"):
         assert getattr(binner, name).device.type == device.type
-    assert binner.edges.dtype == torch.float64
+    assert binner.edges.dtype == torch.float64 and binner.label_std.dtype == torch.float64
     binner.fit(torch.rand(20, device=device))  # fitting labels on the device works too
     assert binner.counts.sum().item() == 20
 
