@@ -1,0 +1,600 @@
+"""The recipe's ops against plain float64 loops: expert_share_table, expert_mse_loss,
+combine_experts, balanced_mae and select_inference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dirloss import GroupBinner, InferenceChoice, MultiExpertHead, balanced_mae, select_inference
+from dirloss.functional import (
+    INFERENCE_MODES,
+    combine_experts,
+    expert_mse_loss,
+    expert_share_table,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: plain loops written straight from the definitions.
+# ---------------------------------------------------------------------------------------------
+def ref_share_table(num_groups, share):
+    """w[k][g] = exp(-|g - k| / s) / sum_h exp(-|h - k| / s); w[k][g] = [g == k] for s = 0."""
+    if share == 0:
+        return [[float(g == k) for g in range(num_groups)] for k in range(num_groups)]
+    rows = []
+    for k in range(num_groups):
+        e = [math.exp(-abs(g - k) / share) for g in range(num_groups)]
+        rows.append([v / sum(e) for v in e])
+    return rows
+
+
+def ref_expert_mse(experts, target, groups, table=None, scale=1.0):
+    """1 / (N O s^2) sum_i sum_g w[g_i][g] sum_o (experts[i][g][o] - y[i][o])^2, where w is
+    the identity when no table is given; 0 for an empty batch."""
+    n, num_groups, out_features = experts.shape
+    e = experts.detach().double().tolist()
+    y = target.detach().double().tolist()
+    w = table.double().tolist() if table is not None else ref_share_table(num_groups, 0)
+    total = 0.0
+    for i in range(n):
+        k = int(groups[i])
+        for g in range(num_groups):
+            total += w[k][g] * sum((e[i][g][o] - y[i][o]) ** 2 for o in range(out_features))
+    return total / (max(n * out_features, 1) * float(scale) ** 2)
+
+
+def ref_argmax(row):
+    best = 0
+    for k, v in enumerate(row):
+        if v > row[best]:
+            best = k
+    return best
+
+
+def ref_combine(logits, experts, inference, adjustment=None):
+    """z~ = z - a; argmax: the expert of the largest z~; soft: sum_g softmax(z~)_g expert_g."""
+    out = []
+    for z, rows in zip(logits.double().tolist(), experts.double().tolist()):
+        if adjustment is not None:
+            z = [v - a for v, a in zip(z, adjustment.double().tolist())]
+        if inference == "argmax":
+            out.append(rows[ref_argmax(z)])
+            continue
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        w = [v / sum(e) for v in e]
+        out.append([sum(w[g] * rows[g][o] for g in range(len(w))) for o in range(len(rows[0]))])
+    return out
+
+
+def ref_bin(y, edges):
+    """Bin k holds edges[k] <= y < edges[k+1]; below the first edge: 0; from the last: B-1."""
+    num_bins = len(edges) - 1
+    for k in range(num_bins - 1):
+        if y < edges[k + 1]:
+            return k
+    return num_bins - 1
+
+
+def ref_balanced_mae(pred, target, edges):
+    """Mean over the non-empty bins of the bin's mean |pred - y|."""
+    errors = {}
+    for p, y in zip(pred, target):
+        errors.setdefault(ref_bin(y, edges), []).append(abs(p - y))
+    return sum(sum(v) / len(v) for v in errors.values()) / len(errors)
+
+
+def ref_log_prior(counts):
+    c = [max(float(v), 1.0) for v in counts]
+    return [math.log(v / sum(c)) for v in c]
+
+
+def ref_scores(logits, experts, target, counts, edges, candidates):
+    """{(inference, tau): (bMAE, MAE)} of every candidate, from the loops above."""
+    log_prior = ref_log_prior(counts)
+    y = [float(v) for v in target.reshape(-1).tolist()]
+    scores = {}
+    for inference, tau in candidates:
+        adjustment = torch.tensor([tau * v for v in log_prior], dtype=torch.float64)
+        pred = [row[0] for row in ref_combine(logits, experts, inference, adjustment)]
+        mae = sum(abs(p - t) for p, t in zip(pred, y)) / len(y)
+        scores[(inference, float(tau))] = (ref_balanced_mae(pred, y, edges), mae)
+    return scores
+
+
+def ref_pick(scores, metric="bmae", max_mae_increase=None):
+    """The lowest metric among the candidates whose MAE is within the guard; ties: earliest."""
+    best_mae = min(mae for _, mae in scores.values())
+    limit = math.inf if max_mae_increase is None else best_mae * (1 + max_mae_increase)
+    index = 0 if metric == "bmae" else 1
+    best = None
+    for key, value in scores.items():  # in candidate order
+        if value[1] <= limit and (best is None or value[index] < scores[best][index]):
+            best = key
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# expert_share_table
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_groups", [2, 5, 11])
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0, 4.0])
+def test_share_table_matches_loop(num_groups, share):
+    table = expert_share_table(num_groups, share, dtype=torch.float64)
+    assert table.shape == (num_groups, num_groups) and table.dtype == torch.float64
+    ref = torch.tensor(ref_share_table(num_groups, share), dtype=torch.float64)
+    torch.testing.assert_close(table, ref, rtol=1e-14, atol=1e-15)
+
+
+def test_share_table_dtype_and_device(device):
+    table = expert_share_table(4, 1.0, device=device)
+    assert table.dtype == torch.get_default_dtype() and table.device.type == device.type
+    assert expert_share_table(4, 1.0, dtype=torch.float16).dtype == torch.float16
+
+
+def test_share_table_zero_is_identity():
+    assert torch.equal(expert_share_table(6, 0.0), torch.eye(6))
+
+
+@pytest.mark.parametrize(
+    "num_groups, share, match",
+    [
+        (1, 1.0, "num_groups"),
+        (0, 1.0, "num_groups"),
+        (3.0, 1.0, "num_groups"),
+        (4, -0.5, "share"),
+        (4, float("nan"), "share"),
+        (4, float("inf"), "share"),
+        (4, True, "share"),
+    ],
+)
+def test_share_table_bad_arguments(num_groups, share, match):
+    with pytest.raises(ValueError, match=match):
+        expert_share_table(num_groups, share)
+
+
+@settings(max_examples=30, deadline=None)
+@given(num_groups=st.integers(2, 12), share=st.floats(0.05, 20.0))
+def test_share_table_properties(num_groups, share):
+    # Rows sum to one, the table is symmetric (every row is the same kernel, and rows of
+    # the same distance to the border are mirror images), and weights fall with distance.
+    table = expert_share_table(num_groups, share, dtype=torch.float64)
+    torch.testing.assert_close(table.sum(1), torch.ones(num_groups, dtype=torch.float64))
+    flipped = table.flip(0).flip(1)
+    torch.testing.assert_close(table, flipped, rtol=1e-12, atol=1e-15)
+    for k in range(num_groups):
+        row = table[k]
+        assert row.argmax().item() == k
+        assert all(row[g] >= row[g + 1] for g in range(k, num_groups - 1))
+        assert all(row[g] >= row[g - 1] for g in range(1, k + 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# expert_mse_loss
+# ---------------------------------------------------------------------------------------------
+def make_experts(n=7, num_groups=4, out_features=2, dtype=torch.float64, device="cpu"):
+    experts = torch.randn(n, num_groups, out_features, dtype=dtype, device=device)
+    target = torch.randn(n, out_features, dtype=dtype, device=device)
+    groups = torch.randint(0, num_groups, (n,), device=device)
+    return experts, target, groups
+
+
+@pytest.mark.parametrize("out_features", [1, 3])
+@pytest.mark.parametrize("share", [None, 0.0, 0.5, 2.0])
+@pytest.mark.parametrize("scale", [1.0, 0.37, 12.5])
+def test_expert_mse_matches_loop(out_features, share, scale, device):
+    experts, target, groups = make_experts(out_features=out_features, device=device)
+    table = None if share is None else expert_share_table(4, share, dtype=torch.float64)
+    got = expert_mse_loss(
+        experts, target, groups, table=None if table is None else table.to(device), scale=scale
+    )
+    assert got.shape == () and got.dtype == torch.float64
+    ref = ref_expert_mse(experts.cpu(), target.cpu(), groups.cpu(), table, scale)
+    assert math.isclose(got.item(), ref, rel_tol=1e-12)
+
+
+def test_expert_mse_without_table_is_true_group_mse():
+    experts, target, groups = make_experts()
+    pred = torch.stack([experts[i, groups[i]] for i in range(7)])
+    expected = torch.nn.functional.mse_loss(pred, target)
+    torch.testing.assert_close(expert_mse_loss(experts, target, groups), expected)
+    identity = expert_share_table(4, 0.0, dtype=torch.float64)
+    torch.testing.assert_close(
+        expert_mse_loss(experts, target, groups, table=identity), expected, rtol=1e-14, atol=0
+    )
+
+
+def test_expert_mse_tensor_scale_equals_float_scale():
+    experts, target, groups = make_experts()
+    table = expert_share_table(4, 1.0, dtype=torch.float64)
+    a = expert_mse_loss(experts, target, groups, table=table, scale=2.5)
+    b = expert_mse_loss(experts, target, groups, table=table, scale=torch.tensor(2.5))
+    torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("share", [None, 1.0])
+def test_expert_mse_gradcheck(share):
+    experts, target, groups = make_experts(n=5, num_groups=3)
+    experts.requires_grad_()
+    target.requires_grad_()
+    table = None if share is None else expert_share_table(3, share, dtype=torch.float64)
+    scale = torch.tensor(1.7, dtype=torch.float64)
+
+    def fn(experts, target):
+        return expert_mse_loss(experts, target, groups, table=table, scale=scale)
+
+    assert torch.autograd.gradcheck(fn, (experts, target))
+    assert torch.autograd.gradgradcheck(fn, (experts, target))
+
+
+def test_expert_mse_no_gradient_to_experts_without_weight():
+    # Without a table only the true group's expert gets a gradient.
+    experts, target, _ = make_experts(n=3, num_groups=4)
+    experts.requires_grad_()
+    expert_mse_loss(experts, target, torch.tensor([1, 1, 3])).backward()
+    assert experts.grad[:, [0, 2]].abs().sum() == 0
+    assert (experts.grad[:2, 1].abs().sum(-1) > 0).all() and experts.grad[2, 3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("share", [None, 1.0])
+def test_expert_mse_empty_batch(share):
+    experts, target, groups = make_experts(n=0)
+    experts.requires_grad_()
+    table = None if share is None else expert_share_table(4, share)
+    loss = expert_mse_loss(experts, target, groups, table=table)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert experts.grad.shape == experts.shape
+
+
+@pytest.mark.parametrize("share", [None, 1.0])
+def test_expert_mse_autocast_bf16_accumulates_in_float32(share, device):
+    experts, target, groups = make_experts(dtype=torch.float32, device=device)
+    table = None if share is None else expert_share_table(4, share, device=device)
+    ref = expert_mse_loss(experts, target, groups, table=table)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = expert_mse_loss(experts.bfloat16(), target.bfloat16(), groups, table=table)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02)
+
+
+def test_expert_mse_extreme_values_finite():
+    experts = torch.full((3, 4, 1), 1e15, dtype=torch.float32, requires_grad=True)
+    target = torch.full((3, 1), -1e15)
+    loss = expert_mse_loss(experts, target, torch.tensor([0, 1, 3]), scale=1e15)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(experts.grad).all()
+
+
+@pytest.mark.parametrize("share", [None, 1.0])
+def test_expert_mse_compile_fullgraph(share):
+    torch._dynamo.reset()
+    experts, target, groups = make_experts(dtype=torch.float32)
+    table = None if share is None else expert_share_table(4, share)
+    scale = torch.tensor(1.3, dtype=torch.float64)  # a float64 buffer, as binner.label_std
+
+    def fn(experts, target, groups):
+        return expert_mse_loss(experts, target, groups, table=table, scale=scale)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(experts, target, groups), fn(experts, target, groups))
+
+
+@pytest.mark.parametrize(
+    "experts_shape, target_shape, groups, table_shape, match",
+    [
+        ((5, 4), (5, 1), [0] * 5, None, "experts of shape"),
+        ((5, 4, 1), (5,), [0] * 5, None, "target of shape"),
+        ((5, 4, 2), (5, 1), [0] * 5, None, "target of shape"),
+        ((5, 4, 1), (5, 1), [0] * 4, None, "groups"),
+        ((5, 4, 1), (5, 1), [0.0] * 5, None, "groups"),
+        ((5, 4, 1), (5, 1), [0] * 5, (3, 3), "expert table"),
+    ],
+)
+def test_expert_mse_bad_shapes(experts_shape, target_shape, groups, table_shape, match):
+    table = None if table_shape is None else torch.eye(table_shape[0])
+    with pytest.raises(ValueError, match=match):
+        expert_mse_loss(
+            torch.randn(experts_shape), torch.randn(target_shape), torch.tensor(groups),
+            table=table,
+        )
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 12), share=st.sampled_from([None, 0.5, 3.0]), seed=st.integers(0, 2**31))
+def test_expert_mse_permutation_invariant(n, share, seed):
+    gen = torch.Generator().manual_seed(seed)
+    experts = torch.randn(n, 5, 2, generator=gen, dtype=torch.float64)
+    target = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    groups = torch.randint(0, 5, (n,), generator=gen)
+    table = None if share is None else expert_share_table(5, share, dtype=torch.float64)
+    perm = torch.randperm(n, generator=gen)
+    a = expert_mse_loss(experts, target, groups, table=table)
+    b = expert_mse_loss(experts[perm], target[perm], groups[perm], table=table)
+    assert math.isclose(a.item(), b.item(), rel_tol=1e-12, abs_tol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# combine_experts
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("out_features", [1, 3])
+@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("adjusted", [False, True])
+def test_combine_matches_loop(out_features, inference, adjusted, device):
+    logits = torch.randn(9, 5, dtype=torch.float64, device=device) * 3
+    experts = torch.randn(9, 5, out_features, dtype=torch.float64, device=device)
+    adjustment = torch.randn(5, dtype=torch.float64, device=device) * 2 if adjusted else None
+    got = combine_experts(logits, experts, inference, logit_adjustment=adjustment)
+    assert got.shape == (9, out_features) and got.dtype == torch.float64
+    ref = ref_combine(
+        logits.cpu(), experts.cpu(), inference, None if adjustment is None else adjustment.cpu()
+    )
+    torch.testing.assert_close(got.cpu(), torch.tensor(ref, dtype=torch.float64))
+
+
+def test_combine_default_is_soft_and_modes_are_listed():
+    logits, experts = torch.randn(4, 3), torch.randn(4, 3, 2)
+    assert set(INFERENCE_MODES) == {"argmax", "soft"}
+    assert torch.equal(combine_experts(logits, experts), combine_experts(logits, experts, "soft"))
+
+
+def test_combine_zero_adjustment_is_identity():
+    logits, experts = torch.randn(6, 4), torch.randn(6, 4, 1)
+    for mode in INFERENCE_MODES:
+        assert torch.equal(
+            combine_experts(logits, experts, mode, logit_adjustment=torch.zeros(4)),
+            combine_experts(logits, experts, mode),
+        )
+
+
+def test_combine_argmax_returns_an_expert_exactly():
+    logits, experts = torch.randn(6, 4), torch.randn(6, 4, 2)
+    got = combine_experts(logits, experts, "argmax")
+    for i in range(6):
+        assert torch.equal(got[i], experts[i, logits[i].argmax()])
+
+
+def test_combine_soft_equal_logits_is_the_mean():
+    experts = torch.randn(5, 4, 2, dtype=torch.float64)
+    got = combine_experts(torch.zeros(5, 4, dtype=torch.float64), experts, "soft")
+    torch.testing.assert_close(got, experts.mean(1))
+
+
+def test_combine_extreme_logits_finite():
+    logits = torch.tensor([[1e4, -1e4, 0.0], [-100.0, 100.0, 100.0]], requires_grad=True)
+    experts = torch.randn(2, 3, 1, requires_grad=True)
+    out = combine_experts(logits, experts, "soft")
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(logits.grad).all()
+
+
+def test_combine_gradcheck_soft():
+    logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    experts = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    adjustment = torch.randn(3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda z, e: combine_experts(z, e, "soft", logit_adjustment=adjustment), (logits, experts)
+    )
+
+
+@pytest.mark.parametrize(
+    "logits_shape, experts_shape",
+    [((4, 3), (4, 3)), ((4,), (4, 3, 1)), ((4, 3), (4, 2, 1)), ((4, 3), (5, 3, 1))],
+)
+def test_combine_bad_shapes(logits_shape, experts_shape):
+    with pytest.raises(ValueError, match="expected logits of shape"):
+        combine_experts(torch.randn(logits_shape), torch.randn(experts_shape))
+
+
+@pytest.mark.parametrize("inference", ["mean", "ARGMAX", None])
+def test_combine_bad_inference(inference):
+    with pytest.raises(ValueError, match="inference"):
+        combine_experts(torch.randn(2, 3), torch.randn(2, 3, 1), inference)
+
+
+# ---------------------------------------------------------------------------------------------
+# balanced_mae
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("column", [False, True])
+def test_balanced_mae_matches_loop(column):
+    target = torch.rand(200, dtype=torch.float64) ** 2 * 12 - 1  # some below / above the edges
+    pred = target + torch.randn(200, dtype=torch.float64)
+    edges = torch.tensor([0.0, 1.0, 2.5, 6.0, 10.0], dtype=torch.float64)
+    target = torch.cat([target, edges])  # labels on every edge
+    pred = torch.cat([pred, edges + 0.5])
+    ref = ref_balanced_mae(pred.tolist(), target.tolist(), edges.tolist())
+    args = (pred[:, None], target[:, None]) if column else (pred, target)
+    got = balanced_mae(*args, edges)
+    assert got.shape == () and got.dtype == torch.float64
+    assert math.isclose(got.item(), ref, rel_tol=1e-12)
+
+
+def test_balanced_mae_skips_empty_bins_and_weights_bins_equally():
+    edges = torch.tensor([0.0, 1.0, 2.0, 3.0])  # bin 1 is empty
+    target = torch.tensor([0.1, 0.2, 0.3, 0.4, 2.5])
+    pred = torch.tensor([0.1, 0.2, 0.3, 0.4, 4.5])  # bin 0: 0 error; bin 2: 2.0
+    assert balanced_mae(pred, target, edges).item() == 1.0
+
+
+def test_balanced_mae_float32_and_detached():
+    pred = torch.rand(10, requires_grad=True)
+    target = torch.rand(10)
+    got = balanced_mae(pred, target, torch.tensor([0.0, 0.5, 1.0]))
+    assert got.dtype == torch.float64 and not got.requires_grad
+
+
+def test_balanced_mae_shape_mismatch():
+    with pytest.raises(ValueError, match="same number of values"):
+        balanced_mae(torch.rand(5), torch.rand(6), torch.tensor([0.0, 0.5, 1.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# select_inference
+# ---------------------------------------------------------------------------------------------
+def make_selection_case(num_groups=5, n_val=120):
+    """A trained-looking head whose inference settings give different validation scores."""
+    train = torch.rand(500, dtype=torch.float64) ** 3 * 10  # long-tailed toward high labels
+    binner = GroupBinner(num_groups).fit(train)
+    head = MultiExpertHead(3, num_groups, dtype=torch.float64)
+    with torch.no_grad():
+        centers = binner.centers.to(torch.float64)
+        head.base.weight.zero_()
+        head.base.bias.zero_()
+        head.experts.weight.normal_(0.0, 0.3)
+        head.experts.bias.copy_(centers)  # expert g predicts about its group's center
+        head.classifier.weight.normal_(0.0, 2.0)
+        head.classifier.bias.copy_(binner.counts.double().clamp_min(1).log())
+    features = torch.randn(n_val, 3, dtype=torch.float64)
+    target = torch.rand(n_val, dtype=torch.float64) ** 2 * 10
+    return head, binner, features, target
+
+
+CANDIDATES = [("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5), ("soft", 1.0)]
+
+
+@pytest.mark.parametrize("metric", ["bmae", "mae"])
+@pytest.mark.parametrize("guard", [None, 0.02, 0.2])
+def test_select_inference_matches_loop(metric, guard):
+    head, binner, features, target = make_selection_case()
+    with torch.no_grad():
+        out = head(features)
+    scores = ref_scores(
+        out.logits, out.experts, target, binner.counts.tolist(), binner.edges.tolist(), CANDIDATES
+    )
+    choice = select_inference(
+        head, features, target, binner, candidates=CANDIDATES, metric=metric,
+        max_mae_increase=guard,
+    )
+    assert isinstance(choice, InferenceChoice)
+    assert list(choice.scores) == list(scores)
+    for key, (bmae, mae) in scores.items():
+        assert math.isclose(choice.scores[key][0], bmae, rel_tol=1e-9), key
+        assert math.isclose(choice.scores[key][1], mae, rel_tol=1e-9), key
+    expected = ref_pick(scores, metric, guard)
+    assert (choice.inference, choice.tau) == expected
+    assert math.isclose(choice.score, scores[expected][0 if metric == "bmae" else 1], rel_tol=1e-9)
+    # the head is left with the chosen setting
+    assert head.inference == choice.inference and head.tau == choice.tau
+    with torch.no_grad():
+        pred = head(features).prediction
+    adjustment = torch.tensor(ref_log_prior(binner.counts.tolist()), dtype=torch.float64)
+    expected_pred = ref_combine(out.logits, out.experts, choice.inference, choice.tau * adjustment)
+    torch.testing.assert_close(pred, torch.tensor(expected_pred, dtype=torch.float64))
+
+
+def test_select_inference_picks_lowest_bmae_without_guard():
+    head, binner, features, target = make_selection_case()
+    choice = select_inference(
+        head, features, target, binner, candidates=CANDIDATES, max_mae_increase=None
+    )
+    assert choice.score == min(bmae for bmae, _ in choice.scores.values())
+
+
+def guard_case():
+    """Two groups (90 / 10 training samples). Validation: 80 majority samples the classifier
+    gets right at any tau, 20 majority samples it gets wrong with tau = 1, and 10 minority
+    samples it gets right only with tau = 1. tau = 1 halves the balanced MAE (0.5 -> 0.1) but
+    doubles the MAE (10/110 -> 20/110)."""
+    binner = GroupBinner(2, edges=[-0.5, 0.5, 1.5])
+    binner.fit(torch.cat([torch.zeros(90), torch.ones(10)]))
+    head = MultiExpertHead(1, 2, inference="soft", residual=False, dtype=torch.float64)
+    with torch.no_grad():
+        head.classifier.weight.copy_(torch.tensor([[0.0], [1.0]]))  # logits [0, x]
+        head.classifier.bias.zero_()
+        head.experts.weight.zero_()
+        head.experts.bias.copy_(torch.tensor([0.0, 1.0]))  # expert g predicts g
+    x = torch.tensor([-3.0] * 80 + [-1.5] * 20 + [-0.5] * 10, dtype=torch.float64)[:, None]
+    y = torch.tensor([0.0] * 100 + [1.0] * 10, dtype=torch.float64)
+    return head, binner, x, y
+
+
+def test_select_inference_mae_guard():
+    candidates = [("argmax", 0.0), ("argmax", 1.0)]
+    head, binner, x, y = guard_case()
+    choice = select_inference(head, x, y, binner, candidates=candidates, max_mae_increase=0.02)
+    bmae_plain, mae_plain = choice.scores[("argmax", 0.0)]
+    bmae_adjusted, mae_adjusted = choice.scores[("argmax", 1.0)]
+    assert math.isclose(bmae_plain, 0.5) and math.isclose(mae_plain, 10 / 110)
+    assert math.isclose(bmae_adjusted, 0.1) and math.isclose(mae_adjusted, 20 / 110)
+    # the lowest balanced MAE costs 100% more MAE: not chosen under a 2% guard ...
+    assert (choice.inference, choice.tau) == ("argmax", 0.0) and head.tau == 0.0
+    assert math.isclose(choice.score, 0.5)
+    # ... nor under the default guard, whatever its value below 100%
+    assert select_inference(head, x, y, binner, candidates=candidates).tau == 0.0
+    # chosen without the guard, or with a guard wide enough
+    for guard in (None, 1.5):
+        choice = select_inference(head, x, y, binner, candidates=candidates, max_mae_increase=guard)
+        assert (choice.inference, choice.tau) == ("argmax", 1.0) and head.tau == 1.0
+        assert head.inference == "argmax"
+        with torch.no_grad():
+            pred = head(x).prediction.reshape(-1)
+        assert torch.equal(pred, torch.tensor([0.0] * 80 + [1.0] * 30, dtype=torch.float64))
+
+
+def test_select_inference_ties_go_to_the_earlier_candidate():
+    head, binner, x, y = guard_case()
+    candidates = [("argmax", 0.0), ("soft", 0.0), ("argmax", 0.0)]
+    # a fresh head with zero experts: every candidate scores the same
+    with torch.no_grad():
+        head.experts.bias.zero_()
+    choice = select_inference(head, x, y, binner, candidates=candidates)
+    assert (choice.inference, choice.tau) == ("argmax", 0.0)
+
+
+def test_select_inference_bin_edges():
+    head, binner, features, target = make_selection_case()
+    edges = torch.tensor([0.0, 2.0, 4.0, 10.0], dtype=torch.float64)
+    choice = select_inference(
+        head, features, target, binner, candidates=CANDIDATES, bin_edges=edges,
+        max_mae_increase=None,
+    )
+    with torch.no_grad():
+        out = head(features)
+    scores = ref_scores(
+        out.logits, out.experts, target, binner.counts.tolist(), edges.tolist(), CANDIDATES
+    )
+    for key, (bmae, _) in scores.items():
+        assert math.isclose(choice.scores[key][0], bmae, rel_tol=1e-9), key
+
+
+def test_select_inference_leaves_weights_and_grad_alone():
+    head, binner, features, target = make_selection_case()
+    before = {k: v.clone() for k, v in head.named_parameters()}
+    features.requires_grad_()
+    select_inference(head, features, target, binner)
+    for k, v in head.named_parameters():
+        assert torch.equal(v, before[k]) and v.grad is None, k
+    assert features.grad is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"metric": "rmse"}, "metric"),
+        ({"candidates": []}, "candidate"),
+        ({"candidates": [("mean", 0.0)]}, "inference"),
+        ({"candidates": [("soft", -1.0)]}, "tau"),
+        ({"candidates": [("soft", float("nan"))]}, "tau"),
+        ({"max_mae_increase": -0.1}, "max_mae_increase"),
+        ({"max_mae_increase": float("inf")}, "max_mae_increase"),
+    ],
+)
+def test_select_inference_bad_arguments(kwargs, match):
+    head, binner, features, target = make_selection_case()
+    with pytest.raises(ValueError, match=match):
+        select_inference(head, features, target, binner, **kwargs)
+    assert head.inference == "soft" and head.tau == 0.0  # untouched
+
+
+def test_select_inference_bad_head_or_data():
+    _, binner, features, target = make_selection_case()
+    with pytest.raises(ValueError, match="out_features=1"):
+        select_inference(MultiExpertHead(3, 5, 2), features.float(), target, binner)
+    head = MultiExpertHead(3, 5)
+    with pytest.raises(ValueError, match="one target per feature row"):
+        select_inference(head, features.float(), target[:-1], binner)
