@@ -107,8 +107,8 @@ class MultiExpertHead(nn.Module):
             self.base = nn.Linear(in_features, out_features, bias=bias, **factory)
             _zero_(self.experts)
         # Buffers, so that a tuned adjustment saves and loads with the weights.
-        self.register_buffer("log_prior", torch.zeros(num_groups, **factory))
-        self.register_buffer("logit_tau", torch.zeros((), **factory))
+        self.register_buffer("log_prior", torch.zeros(num_groups, device=device, dtype=dtype))
+        self.register_buffer("logit_tau", torch.zeros((), device=device, dtype=dtype))
 
     @property
     def inference(self) -> str:
