@@ -21,9 +21,10 @@ only the head and the loss differ:
 ``abl-ce``                head + expert MSE + plain cross-entropy on the group logits
 ``abl-soft``              head + expert MSE + descending soft labels (no contrastive term)
 ``abl-ce-con``            head + expert MSE + plain cross-entropy + group contrastive term
-``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, G)``
-                          + ``GroupDIRLoss(binner)``, inference picked by the library's rule
-                          (:func:`~dirloss.select_inference`: lowest bMAE among the
+``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, 10)``
+                          + ``GroupDIRLoss(binner)``, ``expert_share`` in {1 (default), 0},
+                          inference in {soft, argmax with tau = 0.5}, picked by the library's
+                          rule (:func:`~dirloss.select_inference`: lowest bMAE among the
                           candidates within 2 % of the best overall MAE)
 ========================  =====================================================================
 
@@ -52,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dirloss import GroupBinner, GroupContrastiveLoss, GroupDIRLoss, MultiExpertHead
-from dirloss.inference import DEFAULT_INFERENCE_CANDIDATES, DEFAULT_MAE_GUARD
+from dirloss.inference import DEFAULT_MAE_GUARD
 
 DEFAULT_NUM_GROUPS = 10
 
@@ -79,9 +80,16 @@ __all__ = [
 PAPER_INFERENCE: Tuple[Tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0))
 """``(mode, tau)`` inference candidates of the paper's head: argmax or soft mixture."""
 INFERENCE_MODES = PAPER_INFERENCE  # kept for callers of the 0.1 benchmark
-DIRLOSS_GRID = ({"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform"},)
-"""One training setting (the library's defaults); its four inference candidates make the
-search as large as the largest baseline grid (BMC, RnC: four settings)."""
+DIRLOSS_GRID = (
+    {"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 1.0},
+    {"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 0.0},
+)
+"""The library's defaults (``expert_share`` = 1) and its one documented alternative (sharp
+experts, ``expert_share`` = 0); with two inference candidates each, the search is as large
+as the largest baseline grid (BMC, RnC: four settings)."""
+DIRLOSS_INFERENCE: Tuple[Tuple[str, float], ...] = (("soft", 0.0), ("argmax", 0.5))
+"""The two most often chosen of :data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES` in
+the recipe search (docs/guide.md)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +166,7 @@ METHODS: Dict[str, Method] = {
         Method("abl-ce-con", "head + MSE + CE + contrastive", _GROUPED_GRID, grouped=True),
         Method(
             "dirloss", "dirloss defaults", DIRLOSS_GRID, grouped=True,
-            inference=DEFAULT_INFERENCE_CANDIDATES, mae_guard=DEFAULT_MAE_GUARD,
+            inference=DIRLOSS_INFERENCE, mae_guard=DEFAULT_MAE_GUARD,
         ),
     )
 }
@@ -285,7 +293,7 @@ def make_loss(method: Method, params: Mapping[str, Any], y_train: Tensor, *, see
             return F.mse_loss(out[:, 0], y) + weight * rnc(features, y)
     elif name == "dirloss":
         binner = _fit_binner(params, y_train)
-        keys = ("lambda_grc", "lambda_mse", "lambda_soft", "expert_share", "temperature")
+        keys = ("lambda_grc", "lambda_mse", "lambda_soft", "lambda_mix", "expert_share", "temperature")
         criterion = GroupDIRLoss(binner, **{k: float(params[k]) for k in keys if k in params})
 
         def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:

@@ -32,6 +32,7 @@ __all__ = [
     "group_contrastive_loss",
     "expert_share_table",
     "expert_mse_loss",
+    "mixture_mse_loss",
     "combine_experts",
 ]
 
@@ -303,6 +304,42 @@ def expert_mse_loss(
     weight = table.to(work).index_select(0, groups.long())  # (N, G)
     squared = (experts.to(work) - target.to(work)[:, None, :]).square().sum(dim=2)
     return torch.dot(weight.flatten(), squared.flatten()) / denominator
+
+
+def mixture_mse_loss(
+    logits: Tensor, experts: Tensor, target: Tensor, *, scale: Union[float, Tensor] = 1.0
+) -> Tensor:
+    r"""Mean squared error of the soft mixture of experts, in units of ``scale``.
+
+    .. math::
+        \mathcal{L}_{mix} = \frac{1}{N O s_y^2} \sum_i
+            \Big\lVert \sum_g \operatorname{softmax}(z_i)_g\,\hat y_{i g} - y_i \Big\rVert^2
+
+    The gradient reaches the logits too: the classifier learns the routing that lowers the
+    regression error of the prediction that ``inference="soft"`` makes.
+
+    Args:
+        logits: (N, G) group logits.
+        experts: (N, G, O) every expert's prediction.
+        target: (N, O) targets.
+        scale: positive unit of the targets (a float or a 0-d tensor).
+
+    Returns:
+        A scalar, computed in at least float32; 0 for an empty batch.
+
+    Example:
+        >>> logits, experts = torch.zeros(1, 2), torch.tensor([[[0.0], [2.0]]])
+        >>> mixture_mse_loss(logits, experts, torch.tensor([[1.0]]))
+        tensor(0.)
+    """
+    work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
+    pred = combine_experts(logits.to(work), experts.to(work), "soft")
+    if target.shape != pred.shape:
+        raise ValueError(f"expected target of shape {tuple(pred.shape)}, got {tuple(target.shape)}")
+    if isinstance(scale, Tensor):
+        scale = scale.to(work)
+    denominator = max(pred.numel(), 1) * scale**2
+    return F.mse_loss(pred, target.to(work), reduction="sum") / denominator
 
 
 def combine_experts(

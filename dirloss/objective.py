@@ -1,4 +1,4 @@
-"""GroupDIRLoss: the combined Group-DIR objective L_grc + lambda_mse L_mse + lambda_soft L_soft."""
+"""GroupDIRLoss: the combined objective L_grc + L_mse + L_soft (+ the soft-mixture MSE)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ __all__ = ["GroupDIRLoss", "GroupDIRLossOutput"]
 DEFAULT_LAMBDA_GRC = 0.1
 DEFAULT_LAMBDA_MSE = 10.0
 DEFAULT_EXPERT_SHARE = 1.0
+DEFAULT_LAMBDA_MIX = 1.0
 
 
 class GroupDIRLossOutput(NamedTuple):
@@ -25,13 +26,14 @@ class GroupDIRLossOutput(NamedTuple):
 
     Attributes:
         loss: scalar total, attached to the graph.
-        grc, mse, soft: the unweighted terms, detached (0 for a skipped term).
+        grc, mse, soft, mix: the unweighted terms, detached (0 for a skipped term).
     """
 
     loss: Tensor
     grc: Tensor
     mse: Tensor
     soft: Tensor
+    mix: Tensor
 
 
 class GroupDIRLoss(nn.Module):
@@ -41,7 +43,10 @@ class GroupDIRLoss(nn.Module):
         \mathcal{L} = \lambda_{grc}\,\mathcal{L}_{grc}(f, g)
             + \lambda_{mse}\,\frac{1}{N O s_y^2}\sum_i \sum_k w_{g_i k}
               \lVert \hat y_{i k} - y_i \rVert^2
-            + \lambda_{soft}\,\mathcal{L}_{soft}(\text{logits}, g),
+            + \lambda_{soft}\,\mathcal{L}_{soft}(\text{logits}, g)
+            + \lambda_{mix}\,\frac{1}{N O s_y^2}\sum_i
+              \Big\lVert \sum_k \operatorname{softmax}(\text{logits}_i)_k\,\hat y_{i k}
+              - y_i \Big\rVert^2,
         \qquad g = \text{binner}(y),
 
     where :math:`\hat y_{i k}` is expert ``k``'s prediction (``output.experts``, whatever
@@ -51,7 +56,10 @@ class GroupDIRLoss(nn.Module):
     :math:`s_y` is the training labels' standard deviation (``binner.label_std``) when
     ``standardize_mse`` (else 1), :math:`\mathcal{L}_{soft}` is
     :class:`DescendingSoftLabelLoss` and :math:`\mathcal{L}_{grc}` is
-    :class:`GroupContrastiveLoss` on the backbone features. Every term is a batch mean, so the
+    :class:`GroupContrastiveLoss` on the backbone features. The last term trains the soft
+    mixture of experts that ``inference="soft"`` predicts with, end to end: the classifier
+    learns the routing that the regression needs, not only the group labels. Every term is
+    a batch mean, so the
     lambdas do not depend on the batch size, and with ``standardize_mse`` the loss and each
     term are the same for targets :math:`y` and :math:`c y + d` (binner refitted): no
     hand-scaling of ``lambda_mse`` for the target's units. A weight of 0 skips its term.
@@ -64,7 +72,7 @@ class GroupDIRLoss(nn.Module):
         binner: a fitted :class:`GroupBinner` (a submodule: it moves and saves with the loss).
         temperature, similarity, gather_distributed, chunk_size: of the contrastive term
             (see :class:`GroupContrastiveLoss`).
-        lambda_grc, lambda_mse, lambda_soft: term weights (>= 0).
+        lambda_grc, lambda_mse, lambda_soft, lambda_mix: term weights (>= 0).
         expert_share: :math:`s \ge 0`, the reach of each sample across experts in groups
             (0: only the true group's expert, the paper).
         standardize_mse: measure the expert MSE in units of ``binner.label_std``.
@@ -105,6 +113,7 @@ class GroupDIRLoss(nn.Module):
         lambda_grc: float = DEFAULT_LAMBDA_GRC,
         lambda_mse: float = DEFAULT_LAMBDA_MSE,
         lambda_soft: float = 1.0,
+        lambda_mix: float = DEFAULT_LAMBDA_MIX,
         expert_share: float = DEFAULT_EXPERT_SHARE,
         standardize_mse: bool = True,
         scale: float = 1.0,
@@ -124,9 +133,11 @@ class GroupDIRLoss(nn.Module):
         self.lambda_grc = check_non_negative("lambda_grc", lambda_grc)
         self.lambda_mse = check_non_negative("lambda_mse", lambda_mse)
         self.lambda_soft = check_non_negative("lambda_soft", lambda_soft)
-        if not (self.lambda_grc or self.lambda_mse or self.lambda_soft):
+        self.lambda_mix = check_non_negative("lambda_mix", lambda_mix)
+        if not (self.lambda_grc or self.lambda_mse or self.lambda_soft or self.lambda_mix):
             raise ValueError(
-                "expected at least one of lambda_grc, lambda_mse, lambda_soft to be > 0, got all 0"
+                "expected at least one of lambda_grc, lambda_mse, lambda_soft, lambda_mix to be "
+                "> 0, got all 0"
             )
         self.expert_share = check_non_negative("expert_share", expert_share)
         self.standardize_mse = bool(standardize_mse)
@@ -150,7 +161,8 @@ class GroupDIRLoss(nn.Module):
     ) -> "GroupDIRLoss":
         r"""The exact objective of Pu et al. (AAAI 2025), as dirloss 0.1 computed it.
 
-        :math:`\mathcal{L}_{grc} + \mathcal{L}_{mse} + \mathcal{L}_{soft}` with every weight 1,
+        :math:`\mathcal{L}_{grc} + \mathcal{L}_{mse} + \mathcal{L}_{soft}` with every weight 1
+        (no mixture term),
         only the true group's expert in the MSE (``expert_share=0``) and the MSE in the
         targets' own units (``standardize_mse=False``). Pair it with
         ``MultiExpertHead(..., residual=False, inference="argmax")``.
@@ -167,7 +179,8 @@ class GroupDIRLoss(nn.Module):
             0.0
         """
         settings: Dict[str, Any] = {
-            "lambda_grc": 1.0, "lambda_mse": 1.0, "lambda_soft": 1.0, "expert_share": 0.0,
+            "lambda_grc": 1.0, "lambda_mse": 1.0, "lambda_soft": 1.0, "lambda_mix": 0.0,
+            "expert_share": 0.0,
             "standardize_mse": False, "temperature": DF.DEFAULT_TEMPERATURE,
             "soft_reduction": "sum" if authors_weighting else "mean",
         }
@@ -201,16 +214,21 @@ class GroupDIRLoss(nn.Module):
             check_group_targets("groups", groups, n)
             check_same_device("output.experts", experts, "groups", groups)
         zero = experts.new_zeros(())
-        grc = mse = soft = zero
+        grc = mse = soft = mix = zero
+        unit = self.binner.label_std if self.standardize_mse else 1.0
         if self.lambda_grc:
             grc = self.contrastive(features, groups)
         if self.lambda_mse:
-            unit = self.binner.label_std if self.standardize_mse else 1.0
             mse = DF.expert_mse_loss(experts, target, groups, table=self.expert_table, scale=unit)
         if self.lambda_soft:
             soft = self.soft_label(output.logits, groups)
-        loss = self.lambda_grc * grc + self.lambda_mse * mse + self.lambda_soft * soft
-        return GroupDIRLossOutput(loss, grc.detach(), mse.detach(), soft.detach())
+        if self.lambda_mix:
+            mix = DF.mixture_mse_loss(output.logits, experts, target, scale=unit)
+        loss = (
+            self.lambda_grc * grc + self.lambda_mse * mse + self.lambda_soft * soft
+            + self.lambda_mix * mix
+        )
+        return GroupDIRLossOutput(loss, grc.detach(), mse.detach(), soft.detach(), mix.detach())
 
     def _check_target(self, target: Tensor, experts: Tensor, features: Tensor) -> Tensor:
         n, _, out_features = experts.shape
@@ -245,6 +263,6 @@ class GroupDIRLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lambda_grc={self.lambda_grc}, lambda_mse={self.lambda_mse}, "
-            f"lambda_soft={self.lambda_soft}, expert_share={self.expert_share}, "
+            f"lambda_soft={self.lambda_soft}, lambda_mix={self.lambda_mix}, expert_share={self.expert_share}, "
             f"standardize_mse={self.standardize_mse}, validate={self.validate}"
         )
