@@ -108,7 +108,8 @@ class MultiExpertHead(nn.Module):
             _zero_(self.experts)
         # Buffers, so that a tuned adjustment saves and loads with the weights.
         self.register_buffer("log_prior", torch.zeros(num_groups, device=device, dtype=dtype))
-        self.register_buffer("logit_tau", torch.zeros((), device=device, dtype=dtype))
+        # tau stays float64 (like the binner's edges), so it reads back exactly as set.
+        self.register_buffer("logit_tau", torch.zeros((), device=device, dtype=torch.float64))
 
     @property
     def inference(self) -> str:
@@ -229,6 +230,12 @@ class MultiExpertHead(nn.Module):
                 logits, experts, self._inference, logit_adjustment=adjustment
             )
         return HeadOutput(logits, experts, prediction)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "MultiExpertHead":
+        tau = self.logit_tau
+        super()._apply(fn, recurse)
+        self.logit_tau = tau.to(self.logit_tau.device)
+        return self
 
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
