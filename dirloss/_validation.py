@@ -66,6 +66,28 @@ def check_group_targets(name: str, target: Tensor, n: Optional[int] = None) -> N
         raise ValueError(f"expected {name} of shape {expected}, got {tuple(target.shape)}")
 
 
+def check_group_range(name: str, groups: Tensor, num_groups: int, *, force: bool = False) -> None:
+    """Raise if a group index lies outside ``[0, num_groups)``.
+
+    The check reads tensor values, so it runs only where that is free of device syncs and
+    graph breaks: always for CPU tensors, for other devices only when ``force`` (a module's
+    ``validate=True``), and never while ``torch.compile`` traces (a data-dependent ``if``
+    would break ``fullgraph=True``; compiled code runs unchecked).
+    """
+    if not (force or groups.device.type == "cpu") or groups.numel() == 0:
+        return
+    if torch.compiler.is_compiling():
+        return
+    low, high = torch.aminmax(groups)
+    if int(low) < 0 or int(high) >= num_groups:
+        bad = int(((groups < 0) | (groups >= num_groups)).sum())
+        raise ValueError(
+            f"expected {name} in [0, {num_groups}) (num_groups={num_groups}), got {bad} of "
+            f"{groups.numel()} outside it (min {int(low)}, max {int(high)}); bin the labels "
+            "with a GroupBinner of the same num_groups"
+        )
+
+
 def as_float64_array(values: Any) -> np.ndarray:
     """A tensor (any device), ndarray or sequence as a float64 numpy array on the host."""
     if isinstance(values, Tensor):

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import _contrastive
 from ._validation import (
+    check_group_range,
     check_group_targets,
     check_non_negative,
     check_num_groups,
@@ -134,6 +135,7 @@ def descending_soft_labels(
         tensor([0, 2])
     """
     check_group_targets("groups", groups)
+    check_group_range("groups", groups, num_groups)
     table = descending_soft_label_table(num_groups, scale=scale, step=step, device=groups.device)
     return table.index_select(0, groups.long())
 
@@ -181,6 +183,7 @@ def descending_soft_label_loss(
     n, num_groups = input.shape
     check_group_targets("target", target, n)
     check_same_device("input", input, "target", target)
+    check_group_range("target", target, num_groups)
     if table is None:
         table = descending_soft_label_table(num_groups, scale=scale, step=step, device=input.device)
     elif table.shape != (num_groups, num_groups):
@@ -289,6 +292,7 @@ def expert_mse_loss(
             f"expected target of shape ({n}, {out_features}), got {tuple(target.shape)}"
         )
     check_group_targets("groups", groups, n)
+    check_group_range("groups", groups, num_groups)
     work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
     if isinstance(scale, Tensor):
         scale = scale.to(work)
@@ -420,7 +424,9 @@ def group_contrastive_loss(
 
     * integer ``labels`` with ``num_groups`` (the normal case, group indices): no loop over
       the batch, O(N^2 + N G) memory (O(chunk_size * N) chunked) and O(N^2 (D + G)) time,
-      with an analytic backward. Labels outside ``[0, num_groups)`` are clamped into it.
+      with an analytic backward. Labels outside ``[0, num_groups)`` raise ``ValueError``
+      for CPU tensors; on other devices they are not checked (that would force a host
+      sync; ``GroupContrastiveLoss(validate=True)`` checks) and are clamped into the range.
     * float ``labels`` (or integer labels without ``num_groups``): the same loss on the
       continuous distances (Rank-N-Contrast), O(N^2 log N) via a row sort; ties are exact.
       Labels of shape (N, L) use the L1 distance.
@@ -495,6 +501,8 @@ def _check_contrastive_inputs(
             raise ValueError(
                 f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}"
             )
+        if num_groups is not None:  # always, here (narrows the type for mypy)
+            check_group_range("labels", labels, num_groups)
     elif chunk_size is not None:
         raise ValueError(
             "expected integer group labels with num_groups when chunk_size is set (only the "

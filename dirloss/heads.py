@@ -8,7 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as DF
-from ._validation import check_group_targets, check_non_negative, check_num_groups
+from ._validation import (
+    check_group_range,
+    check_group_targets,
+    check_non_negative,
+    check_num_groups,
+)
 
 __all__ = ["HeadOutput", "MultiExpertHead"]
 
@@ -57,6 +62,10 @@ class MultiExpertHead(nn.Module):
         bias: whether the classifier and experts have biases.
         inference: ``"soft"`` | ``"argmax"``, used when ``groups`` is not given.
         residual: experts as a shared base plus zero-initialised deltas.
+        validate: check that ``groups`` lie in ``[0, G)`` on every device. Indices outside
+            it always raise ``ValueError`` for CPU tensors; on other devices the check would
+            force a host sync, so without ``validate`` they are clamped into the range
+            unchecked. Compiled code (``torch.compile``) runs unchecked.
         device, dtype: as for :class:`torch.nn.Linear`.
 
     Attributes:
@@ -88,6 +97,7 @@ class MultiExpertHead(nn.Module):
         bias: bool = True,
         inference: str = "soft",
         residual: bool = True,
+        validate: bool = False,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -99,6 +109,7 @@ class MultiExpertHead(nn.Module):
         self.num_groups = check_num_groups(num_groups)
         self.inference = inference
         self.residual = bool(residual)
+        self.validate = bool(validate)
         factory = {"device": device, "dtype": dtype}
         self.classifier = nn.Linear(in_features, num_groups, bias=bias, **factory)
         self.experts = nn.Linear(in_features, num_groups * out_features, bias=bias, **factory)
@@ -223,6 +234,7 @@ class MultiExpertHead(nn.Module):
             experts = experts + self.base(features).unsqueeze(1)
         if groups is not None:
             check_group_targets("groups", groups, features.shape[0])
+            check_group_range("groups", groups, self.num_groups, force=self.validate)
             prediction = select_expert(experts, groups)
         else:
             adjustment = self.logit_tau * self.log_prior  # zeros unless set: no host read
@@ -261,7 +273,10 @@ def _zero_(linear: nn.Linear) -> None:
 
 
 def select_expert(experts: Tensor, groups: Tensor) -> Tensor:
-    """Row ``i`` of the result is ``experts[i, groups[i]]``: (N, G, O), (N,) -> (N, O)."""
+    """Row ``i`` of the result is ``experts[i, groups[i]]``: (N, G, O), (N,) -> (N, O).
+
+    Indices outside ``[0, G)`` are clamped (the unchecked device fast path; the head checks
+    them first on CPU tensors or with ``validate=True``)."""
     index = groups.long().clamp(0, experts.shape[1] - 1).view(-1, 1, 1)
     index = index.expand(-1, 1, experts.shape[2])
     return experts.gather(1, index).squeeze(1)

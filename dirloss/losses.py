@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as DF
-from ._validation import check_non_negative, check_reduction, reduce
+from ._validation import check_group_range, check_non_negative, check_reduction, reduce
 from .distributed import gather_batch, is_distributed
 
 __all__ = ["DescendingSoftLabelLoss", "GroupContrastiveLoss"]
@@ -27,13 +28,22 @@ class DescendingSoftLabelLoss(nn.Module):
         reduction: ``"mean"`` (default; the research code summed over the batch, so its
             weight grew with the batch size: ``"sum"`` reproduces it) | ``"sum"`` | ``"none"``.
         group_counts: optional (G,) training samples per group (e.g.
-            ``GroupBinner.counts``), for logit adjustment.
+            ``GroupBinner.counts``), for logit adjustment; required when ``tau > 0``.
         tau: logit adjustment strength; while training, ``tau * log(prior)`` is added to the
             logits, with ``prior = counts / counts.sum()`` (empty groups counted as 1). Off
-            (0) by default.
+            (0) by default. ``tau`` is the float64 ``logit_tau`` buffer and the adjustment the
+            ``logit_adjustment`` buffer (zeros when off): both save and load together, so
+            after ``load_state_dict`` the module has the saved ``tau``, whatever it was
+            built with.
+        validate: check that the target groups lie in ``[0, G)`` on every device. Indices
+            outside it always raise ``ValueError`` for CPU tensors; on other devices the
+            check would force a host sync, so it runs only with ``validate=True``.
 
     Shape:
         - input: (N, G) group logits; target: (N,) integer groups in ``[0, G)``.
+        - group_counts (optional, in ``forward``): (G,) counts that replace the stored ones
+          for this call (what :class:`~dirloss.GroupDIRLoss` passes: its binner's current
+          counts, so a refitted binner is followed).
         - output: scalar, or (N,) for ``reduction="none"``.
 
     Example:
@@ -43,7 +53,8 @@ class DescendingSoftLabelLoss(nn.Module):
     """
 
     table: Tensor
-    logit_adjustment: Optional[Tensor]
+    logit_tau: Tensor
+    logit_adjustment: Tensor
 
     def __init__(
         self,
@@ -54,38 +65,93 @@ class DescendingSoftLabelLoss(nn.Module):
         reduction: str = "mean",
         group_counts: Optional[Tensor] = None,
         tau: float = 0.0,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
         self.num_groups, self.scale, self.step, self.reduction = num_groups, scale, step, reduction
-        self.tau = check_non_negative("tau", tau)
+        self.validate = bool(validate)
+        tau = check_non_negative("tau", tau)
+        if tau > 0 and group_counts is None:
+            raise ValueError(
+                f"expected group_counts (e.g. binner.counts) with tau > 0, got None with "
+                f"tau={tau!r}: the logit adjustment needs the training group prior"
+            )
         self.register_buffer(
             "table", DF.descending_soft_label_table(num_groups, scale=scale, step=step)
         )
-        self.register_buffer("logit_adjustment", self._adjustment(group_counts))
+        self.register_buffer("logit_tau", torch.tensor(tau, dtype=torch.float64))
+        adjustment = torch.zeros(num_groups)
+        if group_counts is not None and tau > 0:
+            adjustment = tau * self._log_prior(torch.as_tensor(group_counts))
+        self.register_buffer("logit_adjustment", adjustment)
+        self._adjusting = tau > 0  # a host copy of ``logit_tau > 0``, so forward reads none
 
-    def _adjustment(self, group_counts: Optional[Tensor]) -> Optional[Tensor]:
-        if group_counts is None or self.tau == 0.0:
-            return None
-        counts = torch.as_tensor(group_counts, dtype=torch.float32)
+    @property
+    def tau(self) -> float:
+        """Logit adjustment strength (the ``logit_tau`` buffer, read on the host)."""
+        return float(self.logit_tau)
+
+    def _log_prior(self, counts: Tensor) -> Tensor:
         if counts.shape != (self.num_groups,):
             raise ValueError(
                 f"expected group_counts of shape ({self.num_groups},), got {tuple(counts.shape)}"
             )
-        counts = counts.clamp_min(1.0)
-        return self.tau * (counts / counts.sum()).log()
+        counts = counts.detach().to(torch.float32).clamp_min(1.0)
+        return (counts / counts.sum()).log()
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        adjustment = self.logit_adjustment if self.training else None
+    def forward(
+        self, input: Tensor, target: Tensor, *, group_counts: Optional[Tensor] = None
+    ) -> Tensor:
+        if self.validate:
+            check_group_range("target", target, self.num_groups, force=True)
+        adjustment = None
+        if self.training and self._adjusting:
+            adjustment = self.logit_adjustment
+            if group_counts is not None:  # live counts: no host read of tau
+                adjustment = self.logit_tau.to(torch.float32) * self._log_prior(group_counts)
         return DF.descending_soft_label_loss(
             input, target, logit_adjustment=adjustment, reduction=self.reduction, table=self.table
         )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "DescendingSoftLabelLoss":
+        tau = self.logit_tau  # stays float64 under .half() / .to(dtype), like the head's
+        super()._apply(fn, recurse)
+        self.logit_tau = tau.to(self.logit_tau.device)
+        return self
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        if prefix + "logit_tau" not in state_dict:  # a dirloss 0.1 checkpoint
+            adjustment = state_dict.get(prefix + "logit_adjustment")
+            tau = 0.0 if adjustment is None else _tau_of_adjustment(adjustment)
+            state_dict[prefix + "logit_tau"] = torch.tensor(tau, dtype=torch.float64)
+            state_dict.setdefault(
+                prefix + "logit_adjustment", torch.zeros_like(self.logit_adjustment)
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._adjusting = bool(self.logit_tau > 0)
 
     def extra_repr(self) -> str:
         return (
             f"num_groups={self.num_groups}, scale={self.scale}, step={self.step}, "
             f"reduction={self.reduction!r}, tau={self.tau}"
         )
+
+
+def _tau_of_adjustment(adjustment: Tensor) -> float:
+    """The ``tau`` of a saved ``tau * log(prior)``: the one root of ``logsumexp(a / tau) = 0``
+    (the prior sums to one; the left side increases with tau), found by bisection."""
+    a = adjustment.detach().to("cpu", torch.float64)
+    low, high = 1e-12, 1e12
+    for _ in range(200):
+        mid = math.sqrt(low * high)
+        if float(torch.logsumexp(a / mid, 0)) < 0:
+            low = mid
+        else:
+            high = mid
+    return math.sqrt(low * high)
 
 
 class GroupContrastiveLoss(nn.Module):
@@ -109,26 +175,31 @@ class GroupContrastiveLoss(nn.Module):
             size, to undo DDP's gradient averaging).
         chunk_size: anchors per block of the fused kernel (peak memory O(chunk_size * N));
             integer group labels only.
+        validate: check that integer group labels lie in ``[0, num_groups)`` on every
+            device. Labels outside it always raise ``ValueError`` for CPU tensors; on other
+            devices the check would force a host sync, so without ``validate`` they are
+            clamped into the range unchecked.
 
     Shape:
         - features: (N, D); labels: (N,) or (N, 1) (or (N, L) real labels).
         - output: scalar, or (N,) for ``reduction="none"``.
 
     Example:
-        >>> loss_fn = GroupContrastiveLoss(num_groups=3)
+        >>> loss_fn = GroupContrastiveLoss(3)  # or GroupContrastiveLoss(num_groups=3)
         >>> loss_fn(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])).shape
         torch.Size([])
     """
 
     def __init__(
         self,
-        *,
         num_groups: Optional[int] = None,
+        *,
         temperature: float = DF.DEFAULT_TEMPERATURE,
         similarity: str = "l2",
         gather_distributed: bool = False,
         reduction: str = "mean",
         chunk_size: Optional[int] = None,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
@@ -139,9 +210,13 @@ class GroupContrastiveLoss(nn.Module):
         )
         self.num_groups, self.temperature, self.similarity = num_groups, temperature, similarity
         self.gather_distributed, self.reduction = gather_distributed, reduction
-        self.chunk_size = chunk_size
+        self.chunk_size, self.validate = chunk_size, bool(validate)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
+        if self.validate and self.num_groups is not None and DF._uses_group_kernel(
+            labels, self.num_groups
+        ):
+            check_group_range("labels", labels, self.num_groups, force=True)
         if not (self.gather_distributed and is_distributed()):
             return DF.group_contrastive_loss(
                 features, labels, num_groups=self.num_groups, temperature=self.temperature,

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as DF
-from ._validation import check_group_targets, check_non_negative, check_same_device
+from ._validation import (
+    check_group_range,
+    check_group_targets,
+    check_non_negative,
+    check_same_device,
+)
 from .binning import GroupBinner
 from .heads import HeadOutput
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
@@ -81,9 +86,11 @@ class GroupDIRLoss(nn.Module):
             binner's group counts (read at each call, so a refitted binner is followed).
         soft_reduction: ``"mean"`` over the batch, or ``"sum"`` (the authors' code: the
             soft-label term then grows with the batch size).
-        validate: check that targets and features are finite and raise with the count of
-            bad entries. This forces a host sync, so it is off by default; without it a NaN
-            target makes the MSE term (and so the loss) NaN, and lands in the last group.
+        validate: check that targets and features are finite and that ``groups`` lie in
+            ``[0, G)``, and raise with the count of bad entries. This forces a host sync, so
+            it is off by default; without it a NaN target makes the MSE term (and so the
+            loss) NaN, and lands in the last group. Out-of-range ``groups`` raise for CPU
+            tensors even without it (no sync there).
 
     Shape:
         - output: :class:`HeadOutput` with G = ``binner.num_groups``.
@@ -213,6 +220,7 @@ class GroupDIRLoss(nn.Module):
         else:
             check_group_targets("groups", groups, n)
             check_same_device("output.experts", experts, "groups", groups)
+            check_group_range("groups", groups, num_groups, force=self.validate)
         zero = experts.new_zeros(())
         grc = mse = soft = mix = zero
         unit = self.binner.label_std if self.standardize_mse else 1.0
@@ -221,7 +229,7 @@ class GroupDIRLoss(nn.Module):
         if self.lambda_mse:
             mse = DF.expert_mse_loss(experts, target, groups, table=self.expert_table, scale=unit)
         if self.lambda_soft:
-            soft = self.soft_label(output.logits, groups)
+            soft = self.soft_label(output.logits, groups, group_counts=self.binner.counts)
         if self.lambda_mix:
             mix = DF.mixture_mse_loss(output.logits, experts, target, scale=unit)
         loss = (

@@ -387,13 +387,13 @@ def test_state_dict_round_trip():
     counts = torch.tensor([10, 3, 0, 7])
     module = DescendingSoftLabelLoss(4, scale=1.5, step=2, group_counts=counts, tau=0.7)
     state = module.state_dict()
-    assert set(state) == {"table", "logit_adjustment"}
+    assert set(state) == {"table", "logit_tau", "logit_adjustment"}
     fresh = DescendingSoftLabelLoss(4, scale=1.5, step=2, group_counts=torch.ones(4), tau=0.7)
     fresh.load_state_dict(state)
     logits = torch.randn(5, 4)
     target = torch.tensor([0, 1, 2, 3, 3])
     assert torch.equal(fresh(logits, target), module(logits, target))
-    assert set(DescendingSoftLabelLoss(4).state_dict()) == {"table"}
+    assert set(DescendingSoftLabelLoss(4).state_dict()) == {"table", "logit_tau", "logit_adjustment"}
 
 
 def test_empty_batch_and_batch_of_one(device):
@@ -462,9 +462,12 @@ def test_logit_adjustment_off_without_tau_or_counts():
     logits = torch.randn(4, 3)
     target = torch.tensor([0, 1, 2, 0])
     plain = descending_soft_label_loss(logits, target)
-    assert DescendingSoftLabelLoss(3, group_counts=torch.tensor([9, 1, 1])).logit_adjustment is None
-    assert DescendingSoftLabelLoss(3, tau=1.0).logit_adjustment is None
-    torch.testing.assert_close(DescendingSoftLabelLoss(3, tau=1.0)(logits, target), plain)
+    off = DescendingSoftLabelLoss(3, group_counts=torch.tensor([9, 1, 1]))
+    assert off.tau == 0.0 and not off.logit_adjustment.any()
+    torch.testing.assert_close(off(logits, target), plain)
+    torch.testing.assert_close(DescendingSoftLabelLoss(3)(logits, target), plain)
+    with pytest.raises(ValueError, match=r"expected group_counts .* with tau > 0, got None"):
+        DescendingSoftLabelLoss(3, tau=1.0)  # tau without a prior would do nothing
 
 
 def test_logit_adjustment_validation():
