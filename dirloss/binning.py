@@ -16,6 +16,17 @@ __all__ = ["GroupBinner"]
 
 ArrayLike = Union[Tensor, np.ndarray, Sequence[float]]
 _STRATEGIES = ("uniform", "quantile")
+_EXPLICIT = len(_STRATEGIES)  # the ``fit_mode`` code of explicit edges (kept by ``fit``)
+
+
+def _check_bound(name: str, value: object) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"expected {name} to be a finite number or None, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"expected {name} to be a finite number or None, got {value!r}")
+    return float(value)
 
 
 def _as_label_vector(labels: ArrayLike) -> np.ndarray:
@@ -51,8 +62,9 @@ class GroupBinner(nn.Module):
         strategy: ``"uniform"``: equal-width groups on ``[low, high]``; ``"quantile"``:
             edges at label quantiles, so groups hold about equally many training samples.
             ``fit`` recomputes the edges each call, unless ``edges`` were given.
-        low, high: fix the ``"uniform"`` range (e.g. ages 0..100); default to the min / max
-            of the fitted labels.
+        low, high: fix the ``"uniform"`` range (e.g. ages 0..100); finite; default to the
+            min / max of the fitted labels. Not allowed with ``"quantile"`` or ``edges``
+            (they would be ignored).
         edges: explicit (G + 1,) increasing edges; then no fit is needed (``fit`` still
             counts the samples per group).
 
@@ -60,12 +72,19 @@ class GroupBinner(nn.Module):
         edges (G + 1,) float64, counts (G,) training samples per group, centers (G,) group
         midpoints, label_std () float64 standard deviation of the fitted labels (the unit
         in which :class:`~dirloss.GroupDIRLoss` measures the expert MSE; for explicit
-        ``edges`` before ``fit``, that of a uniform law on ``[e_0, e_G]``). They save with ``state_dict()`` and move with ``.to(device)``; edges and
-        centers stay float64 under ``.half()`` or ``.to(dtype)``, so casting a model never
-        moves a label to another group.
+        ``edges`` before ``fit``, that of a uniform law on ``[e_0, e_G]``); the settings
+        for the next ``fit``: fit_range (2,) float64 ``[low, high]`` (NaN where unset) and
+        fit_mode () int64 (0 ``"uniform"``, 1 ``"quantile"``, 2 explicit ``edges``). They
+        save with ``state_dict()`` (a loaded binner has the saved settings: ``strategy``,
+        ``low`` and ``high`` are read-only and follow ``load_state_dict``; a dirloss 0.1
+        checkpoint, which has no settings, keeps the constructor's) and move with
+        ``.to(device)``; the float64 buffers stay float64 under ``.half()`` or
+        ``.to(dtype)``, so casting a model never moves a label to another group.
 
     Shape:
-        - Input: any shape; a trailing dimension of 1 is dropped.
+        - Input: (N,) or (N, 1) labels (the trailing 1 is dropped); any other 2-D shape
+          raises ``ValueError`` (one label per sample). Inputs of 0 or >= 3 dimensions
+          (e.g. per-pixel labels (B, H, W)) are binned element-wise.
         - Output: int64 group indices of that shape, on the input's device.
 
     Example:
@@ -78,6 +97,8 @@ class GroupBinner(nn.Module):
     counts: Tensor
     centers: Tensor
     label_std: Tensor
+    fit_range: Tensor
+    fit_mode: Tensor
 
     def __init__(
         self,
@@ -97,18 +118,58 @@ class GroupBinner(nn.Module):
                 f"expected num_groups = len(edges) - 1 = {given.size - 1}, got {num_groups!r}"
             )
         self.num_groups = check_num_groups(num_groups)
+        low, high = _check_bound("low", low), _check_bound("high", high)
         if low is not None and high is not None and not low < high:
             raise ValueError(f"expected low < high, got low={low!r}, high={high!r}")
-        self.strategy, self.low, self.high = strategy, low, high
+        if (low is not None or high is not None) and (given is not None or strategy != "uniform"):
+            used = "edges=" if given is not None else f"strategy={strategy!r}"
+            raise ValueError(
+                f"expected low/high only with strategy='uniform' and no edges, got low={low!r}, "
+                f"high={high!r} with {used} (which would ignore them)"
+            )
+        if given is not None and strategy != "uniform":
+            raise ValueError(
+                f"expected strategy='uniform' (the default) with explicit edges, got "
+                f"strategy={strategy!r} (which would be ignored)"
+            )
         nan = torch.full((num_groups + 1,), float("nan"), dtype=torch.float64)
         self.register_buffer("edges", nan)
         self.register_buffer("counts", torch.zeros(num_groups, dtype=torch.long))
         self.register_buffer("centers", nan[1:].clone())
         self.register_buffer("label_std", nan[0].clone())
+        bounds = [float("nan") if b is None else b for b in (low, high)]
+        self.register_buffer("fit_range", torch.tensor(bounds, dtype=torch.float64))
+        mode = _EXPLICIT if given is not None else _STRATEGIES.index(strategy)
+        self.register_buffer("fit_mode", torch.tensor(mode, dtype=torch.long))
+        self._read_settings()
         self._fitted = False
-        self._explicit_edges = given is not None
         if given is not None:
             self._set_edges(given)
+
+    @property
+    def strategy(self) -> str:
+        """``"uniform"`` | ``"quantile"`` (``"uniform"`` with explicit edges); read-only."""
+        return self._strategy
+
+    @property
+    def low(self) -> Optional[float]:
+        """The fixed lower end of the ``"uniform"`` range, or None; read-only."""
+        return self._low
+
+    @property
+    def high(self) -> Optional[float]:
+        """The fixed upper end of the ``"uniform"`` range, or None; read-only."""
+        return self._high
+
+    def _read_settings(self) -> None:
+        """Host copies of the ``fit_range`` / ``fit_mode`` buffers (read at construction and
+        load, never in ``forward``)."""
+        mode = int(self.fit_mode)
+        self._explicit_edges = mode == _EXPLICIT
+        self._strategy = "uniform" if self._explicit_edges else _STRATEGIES[mode]
+        low, high = (float(b) for b in self.fit_range)
+        self._low = None if math.isnan(low) else low
+        self._high = None if math.isnan(high) else high
 
     @property
     def fitted(self) -> bool:
@@ -152,6 +213,11 @@ class GroupBinner(nn.Module):
     def forward(self, y: Tensor) -> Tensor:
         if not self._fitted:
             raise RuntimeError("GroupBinner has no edges yet: call fit(train_labels) first")
+        if y.dim() == 2 and y.shape[1] != 1:
+            raise ValueError(
+                f"expected labels of shape (N,) or (N, 1) (one label per sample), got "
+                f"{tuple(y.shape)}"
+            )
         if y.dim() > 1 and y.shape[-1] == 1:
             y = y.squeeze(-1)
         inner = self.edges[1:-1]
@@ -194,7 +260,7 @@ class GroupBinner(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> "GroupBinner":
         # .half() / .to(dtype) must not round the bin edges: follow the device, stay float64.
-        kept = {k: getattr(self, k) for k in ("edges", "centers", "label_std")}
+        kept = {k: getattr(self, k) for k in ("edges", "centers", "label_std", "fit_range")}
         super()._apply(fn, recurse)
         for name, value in kept.items():
             setattr(self, name, value.to(getattr(self, name).device))
@@ -206,7 +272,11 @@ class GroupBinner(nn.Module):
         if prefix + "label_std" not in state_dict and prefix + "edges" in state_dict:
             edges = state_dict[prefix + "edges"]  # a dirloss 0.1 checkpoint
             state_dict[prefix + "label_std"] = (edges[-1] - edges[0]) / math.sqrt(12.0)
+        # dirloss 0.1 checkpoints hold no fit settings: keep the constructor's.
+        state_dict.setdefault(prefix + "fit_range", self.fit_range.clone())
+        state_dict.setdefault(prefix + "fit_mode", self.fit_mode.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._read_settings()
         self._fitted = bool(torch.isfinite(self.edges).all())
 
 

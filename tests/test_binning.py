@@ -211,7 +211,9 @@ def test_trailing_dim_one_dropped_and_shapes_kept(device):
     y = torch.rand(7, 1, device=device) * 4
     assert binner(y).shape == (7,)
     assert binner(y).tolist() == binner(y[:, 0]).tolist()
-    assert binner(torch.rand(3, 5, device=device)).shape == (3, 5)
+    assert binner(torch.rand(2, 3, 5, device=device)).shape == (2, 3, 5)  # e.g. per pixel
+    with pytest.raises(ValueError, match=r"expected labels of shape \(N,\) or \(N, 1\)"):
+        binner(torch.rand(3, 5, device=device))  # 2-D: one label per sample
     assert binner(torch.tensor(2.5, device=device)).shape == ()
 
 
@@ -403,7 +405,7 @@ def test_state_dict_round_trip(strategy):
     labels = torch.randn(40, dtype=torch.float64)
     binner = GroupBinner(5, strategy=strategy).fit(labels)
     state = binner.state_dict()
-    assert set(state) == {"edges", "counts", "centers", "label_std"}
+    assert set(state) == {"edges", "counts", "centers", "label_std", "fit_range", "fit_mode"}
     fresh = GroupBinner(5)
     assert not fresh.fitted
     fresh.load_state_dict(state)
