@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dirloss import HeadOutput, MultiExpertHead
+from dirloss import GroupBinner, HeadOutput, MultiExpertHead, select_inference
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +443,55 @@ def test_logit_adjustment_only_at_inference(inference, residual):
     assert not torch.equal(head(x).prediction, plain_inference)  # while inference moves
 
 
+def test_tau_reads_back_exactly_as_set():
+    # logit_tau is a float64 buffer whatever the head's dtype: 0.8 is not a float32 value,
+    # yet head.tau (and a loaded copy's) reads back exactly 0.8.
+    head = MultiExpertHead(4, 3)
+    assert head.classifier.weight.dtype == torch.float32
+    head.set_logit_adjustment(0.8, torch.tensor([5, 2, 1]))
+    assert head.logit_tau.dtype == torch.float64 and head.tau == 0.8
+    assert head.log_prior.dtype == torch.float32  # the prior follows the head's dtype
+    fresh = MultiExpertHead(4, 3)
+    fresh.load_state_dict(head.state_dict())
+    assert fresh.tau == 0.8
+    assert head(torch.randn(2, 4)).prediction.dtype == torch.float32  # no promotion
+
+
+@pytest.mark.parametrize(
+    "cast, dtype",
+    [
+        (lambda m: m.half(), torch.float16),
+        (lambda m: m.double(), torch.float64),
+        (lambda m: m.to(torch.float32), torch.float32),
+    ],
+    ids=["half", "double", "to_float32"],
+)
+def test_logit_tau_stays_float64_under_casting(cast, dtype):
+    head = MultiExpertHead(4, 3, 2, dtype=torch.float64)
+    head.set_logit_adjustment(0.8, torch.tensor([5, 2, 1]))
+    assert cast(head) is head
+    assert head.logit_tau.dtype == torch.float64 and head.tau == 0.8
+    assert head.classifier.weight.dtype == dtype and head.log_prior.dtype == dtype
+    out = head(torch.randn(3, 4, dtype=dtype))
+    assert all(t.dtype == dtype for t in out)
+    head.set_logit_adjustment(0.3)  # and a new value is still exact after the cast
+    assert head.logit_tau.dtype == torch.float64 and head.tau == 0.3
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.8])
+@pytest.mark.parametrize("inference", ["argmax", "soft"])
+def test_select_inference_leaves_head_tau_equal_to_choice_tau(inference, tau):
+    # The claim of select_inference's doctest, for taus that are not float32 values: the
+    # head reads back exactly the chosen tau (a float32 head rounded 0.8 to 0.800000011...).
+    binner = GroupBinner(3).fit(torch.rand(200))
+    head = MultiExpertHead(4, 3)
+    choice = select_inference(
+        head, torch.randn(30, 4), torch.rand(30), binner, candidates=[(inference, tau)]
+    )
+    assert (choice.inference, choice.tau) == (inference, tau)
+    assert (head.inference, head.tau) == (choice.inference, choice.tau)
+
+
 def test_old_checkpoint_without_adjustment_buffers_loads_with_tau_zero():
     # A dirloss 0.1 head: independent experts, no log_prior / logit_tau in its state_dict.
     old = MultiExpertHead(5, 4, 2, inference="argmax", residual=False)
@@ -572,6 +621,10 @@ def test_factory_kwargs(residual, device):
     for name, b in head.named_buffers():  # the logit adjustment follows dtype= too
         assert b.dtype == torch.float64, name
         assert b.device.type == device.type, name
+    # ... the prior does with any dtype; tau stays float64 (it reads back exactly as set)
+    head32 = MultiExpertHead(4, 3, 2, residual=residual, device=device, dtype=torch.float32)
+    assert head32.log_prior.dtype == torch.float32 and head32.logit_tau.dtype == torch.float64
+    assert head32.logit_tau.device.type == device.type
     out = head(torch.randn(2, 4, device=device, dtype=torch.float64))
     assert all(t.dtype == torch.float64 for t in out)
     assert head.classifier.weight.shape == (3, 4) and head.experts.weight.shape == (6, 4)

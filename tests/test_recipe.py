@@ -1,5 +1,5 @@
 """The recipe's ops against plain float64 loops: expert_share_table, expert_mse_loss,
-combine_experts, balanced_mae and select_inference."""
+mixture_mse_loss, combine_experts, balanced_mae and select_inference."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from dirloss.functional import (
     combine_experts,
     expert_mse_loss,
     expert_share_table,
+    mixture_mse_loss,
 )
 
 
@@ -45,6 +46,23 @@ def ref_expert_mse(experts, target, groups, table=None, scale=1.0):
         k = int(groups[i])
         for g in range(num_groups):
             total += w[k][g] * sum((e[i][g][o] - y[i][o]) ** 2 for o in range(out_features))
+    return total / (max(n * out_features, 1) * float(scale) ** 2)
+
+
+def ref_mixture_mse(logits, experts, target, scale=1.0):
+    """1 / (N O s^2) sum_i sum_o (sum_g softmax(z_i)_g experts[i][g][o] - y[i][o])^2, with a
+    max-subtracted softmax; 0 for an empty batch."""
+    n, num_groups, out_features = experts.shape
+    z = logits.detach().double().tolist()
+    e = experts.detach().double().tolist()
+    y = target.detach().double().tolist()
+    total = 0.0
+    for i in range(n):
+        m = max(z[i])
+        w = [math.exp(v - m) for v in z[i]]
+        w = [v / sum(w) for v in w]
+        for o in range(out_features):
+            total += (sum(w[g] * e[i][g][o] for g in range(num_groups)) - y[i][o]) ** 2
     return total / (max(n * out_features, 1) * float(scale) ** 2)
 
 
@@ -316,6 +334,150 @@ def test_expert_mse_permutation_invariant(n, share, seed):
     perm = torch.randperm(n, generator=gen)
     a = expert_mse_loss(experts, target, groups, table=table)
     b = expert_mse_loss(experts[perm], target[perm], groups[perm], table=table)
+    assert math.isclose(a.item(), b.item(), rel_tol=1e-12, abs_tol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixture_mse_loss
+# ---------------------------------------------------------------------------------------------
+def make_mixture(n=7, num_groups=4, out_features=2, dtype=torch.float64, device="cpu"):
+    logits = torch.randn(n, num_groups, dtype=dtype, device=device) * 2
+    experts, target, _ = make_experts(n, num_groups, out_features, dtype, device)
+    return logits, experts, target
+
+
+@pytest.mark.parametrize("out_features", [1, 3])
+@pytest.mark.parametrize("scale", [1.0, 0.37, 12.5])
+def test_mixture_mse_matches_loop(out_features, scale, device):
+    logits, experts, target = make_mixture(out_features=out_features, device=device)
+    got = mixture_mse_loss(logits, experts, target, scale=scale)
+    assert got.shape == () and got.dtype == torch.float64
+    ref = ref_mixture_mse(logits.cpu(), experts.cpu(), target.cpu(), scale)
+    assert math.isclose(got.item(), ref, rel_tol=1e-12)
+
+
+def test_mixture_mse_is_the_mse_of_the_soft_prediction():
+    # torch built-ins: F.mse_loss of combine_experts(..., "soft"); equal logits mix the
+    # experts' mean, and a dominant logit gives the expert MSE of that group.
+    logits, experts, target = make_mixture()
+    expected = torch.nn.functional.mse_loss(combine_experts(logits, experts, "soft"), target)
+    torch.testing.assert_close(mixture_mse_loss(logits, experts, target), expected)
+    equal = torch.zeros_like(logits)
+    torch.testing.assert_close(
+        mixture_mse_loss(equal, experts, target),
+        torch.nn.functional.mse_loss(experts.mean(1), target),
+    )
+    groups = torch.randint(0, 4, (7,))
+    one_hot = torch.nn.functional.one_hot(groups, 4).double() * 100.0
+    torch.testing.assert_close(
+        mixture_mse_loss(one_hot, experts, target), expert_mse_loss(experts, target, groups)
+    )
+
+
+def test_mixture_mse_tensor_scale_equals_float_scale():
+    logits, experts, target = make_mixture()
+    a = mixture_mse_loss(logits, experts, target, scale=2.5)
+    b = mixture_mse_loss(logits, experts, target, scale=torch.tensor(2.5))
+    torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
+
+
+def test_mixture_mse_gradcheck():
+    logits, experts, target = make_mixture(n=5, num_groups=3)
+    logits.requires_grad_()
+    experts.requires_grad_()
+    scale = torch.tensor(1.7, dtype=torch.float64)
+
+    def fn(logits, experts):
+        return mixture_mse_loss(logits, experts, target, scale=scale)
+
+    assert torch.autograd.gradcheck(fn, (logits, experts))
+    assert torch.autograd.gradgradcheck(fn, (logits, experts))
+
+
+def test_mixture_mse_gradient_reaches_logits_and_every_expert():
+    # Unlike the expert MSE, the routing is trained: the logits get a gradient, and so does
+    # every expert (each carries a share of the mixture).
+    logits, experts, target = make_mixture(n=3, num_groups=4)
+    logits.requires_grad_()
+    experts.requires_grad_()
+    mixture_mse_loss(logits, experts, target).backward()
+    assert (logits.grad.abs().sum(1) > 0).all()
+    assert (experts.grad.abs().sum(-1) > 0).all()
+
+
+def test_mixture_mse_empty_batch():
+    logits, experts, target = make_mixture(n=0)
+    logits.requires_grad_()
+    experts.requires_grad_()
+    loss = mixture_mse_loss(logits, experts, target)
+    assert loss.item() == 0.0  # 0, not the NaN of a mean over nothing
+    loss.backward()
+    assert logits.grad.shape == logits.shape and experts.grad.shape == experts.shape
+
+
+def test_mixture_mse_autocast_bf16(device):
+    logits, experts, target = make_mixture(dtype=torch.float32, device=device)
+    ref = mixture_mse_loss(logits, experts, target)
+    logits.requires_grad_()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        got = mixture_mse_loss(logits.bfloat16(), experts.bfloat16(), target.bfloat16())
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02)
+    got.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_mixture_mse_extreme_values_finite():
+    logits = torch.tensor([[1e4, -1e4, 0.0], [-100.0, 100.0, 100.0]], requires_grad=True)
+    experts = torch.full((2, 3, 1), 1e15, requires_grad=True)
+    target = torch.full((2, 1), -1e15)
+    loss = mixture_mse_loss(logits, experts, target, scale=1e15)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert torch.isfinite(experts.grad).all()
+
+
+def test_mixture_mse_compile_fullgraph():
+    torch._dynamo.reset()
+    logits, experts, target = make_mixture(dtype=torch.float32)
+    scale = torch.tensor(1.3, dtype=torch.float64)  # a float64 buffer, as binner.label_std
+
+    def fn(logits, experts, target):
+        return mixture_mse_loss(logits, experts, target, scale=scale)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(logits, experts, target), fn(logits, experts, target))
+
+
+@pytest.mark.parametrize(
+    "logits_shape, experts_shape, target_shape, match",
+    [
+        ((5, 4), (5, 4, 1), (5,), r"expected target of shape \(5, 1\), got \(5,\)"),
+        ((5, 4), (5, 4, 2), (5, 1), r"expected target of shape \(5, 2\), got \(5, 1\)"),
+        ((5, 4), (5, 4, 1), (6, 1), r"expected target of shape \(5, 1\), got \(6, 1\)"),
+        ((5, 3), (5, 4, 1), (5, 1), "expected logits of shape"),
+        ((6, 4), (5, 4, 1), (5, 1), "expected logits of shape"),
+        ((5, 4), (5, 4), (5, 1), "expected logits of shape"),
+        ((5,), (5, 4, 1), (5, 1), "expected logits of shape"),
+    ],
+)
+def test_mixture_mse_bad_shapes(logits_shape, experts_shape, target_shape, match):
+    with pytest.raises(ValueError, match=match):
+        mixture_mse_loss(
+            torch.randn(logits_shape), torch.randn(experts_shape), torch.randn(target_shape)
+        )
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 2**31))
+def test_mixture_mse_permutation_invariant(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 5, generator=gen, dtype=torch.float64) * 3
+    experts = torch.randn(n, 5, 2, generator=gen, dtype=torch.float64)
+    target = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    perm = torch.randperm(n, generator=gen)
+    a = mixture_mse_loss(logits, experts, target)
+    b = mixture_mse_loss(logits[perm], experts[perm], target[perm])
     assert math.isclose(a.item(), b.item(), rel_tol=1e-12, abs_tol=1e-15)
 
 
