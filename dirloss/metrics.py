@@ -9,6 +9,7 @@ function: it works in float64 NumPy on the host, so device syncs are fine here.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -174,6 +175,11 @@ def shot_metrics(
         ValueError: on mismatched or non-vector shapes, non-finite values, ``bin_width <= 0``,
             ``few_shot > many_shot``, non-increasing ``bin_edges`` or invalid ``regions``.
 
+    Warns:
+        UserWarning: when all training labels fall in one bin (e.g. labels in [0, 1] with
+            the default ``bin_width=1``): the shot regions then say nothing; pass
+            ``bin_width`` or ``bin_edges`` on the labels' scale.
+
     Example:
         >>> out = shot_metrics([0.5, 2.0], [0.0, 2.5], [0.1] * 5 + [2.2] * 2,
         ...                    many_shot=3, few_shot=3)
@@ -197,6 +203,20 @@ def shot_metrics(
     edges = _make_edges(bin_edges, bin_width, np.concatenate([train_np, target_np]))
     num_bins = edges.size - 1
     train_counts = np.bincount(_bin_index(train_np, edges), minlength=num_bins)
+    spread = train_np.size > 1 and train_np.min() < train_np.max()
+    if spread and np.count_nonzero(train_counts) == 1:  # all equal: no bin_width helps
+        k = int(np.flatnonzero(train_counts)[0])
+        if bin_edges is None:
+            hint = f"a smaller bin_width= (got {bin_width:g}) or bin_edges="
+        else:
+            hint = "bin_edges= that split it"
+        warnings.warn(
+            f"all {train_np.size} training labels fall in one bin [{edges[k]:g}, "
+            f"{edges[k + 1]:g}], so the shot regions say nothing; pass {hint} on the "
+            "labels' scale",
+            UserWarning,
+            stacklevel=2,
+        )
     region_of = _region_of_bins(train_counts, many_shot, few_shot, regions)
 
     err = pred_np - target_np
