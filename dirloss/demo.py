@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,8 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
         if method == "dirloss":  # pick soft/argmax and the logit adjustment on validation
             with torch.no_grad():
                 features = model["backbone"](x_val)
-            choice = select_inference(model["head"], features, y_val / scale, binner)
+            head = cast(MultiExpertHead, model["head"])
+            choice = select_inference(head, features, y_val / scale, binner)
             name += f" ({choice.inference}, tau={choice.tau:g})"
         pred = _predict(model, x_test) * scale
         results[name] = shot_metrics(pred, y_test, y, bin_width=5.0)
