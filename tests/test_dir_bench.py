@@ -157,6 +157,10 @@ def test_target_checks():
 
 
 def test_cli_end_to_end(tmp_path):
+    # The progress bar and the plots need the bench extra, which the README's test command
+    # does not install.
+    for module in ("tqdm", "matplotlib"):
+        pytest.importorskip(module, reason=f"{module} is not installed (pip install -e \".[bench]\")")
     datasets = ["synthetic"] + ([f"tabular:{TABULAR}/concreteStrength"] if HAS_TABULAR else [])
     out, img = tmp_path / "results", tmp_path / "img"
     argv = [
