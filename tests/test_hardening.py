@@ -434,3 +434,20 @@ def test_prediction_instead_of_head_output_names_head_output():
     with pytest.raises(ValueError, match=r"expected output to be the HeadOutput .* got Tensor"):
         criterion(head(features).prediction, features, target)
     assert isinstance(head(features), HeadOutput)
+
+
+# ---------------------------------------------------------------------------------------------
+# CI runs the README's test command, verbatim, in a fresh virtual environment
+# ---------------------------------------------------------------------------------------------
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("pip install torch==")]
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (root / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci, test_command
+    venv = next(i for i, line in enumerate(ci) if "-m venv" in line)
+    activate = next(i for i, line in enumerate(ci) if line.startswith("source") and "activate" in line)
+    assert venv < activate < ci.index(test_command)
