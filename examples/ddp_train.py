@@ -106,6 +106,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="collective timeout, s")
     parser.add_argument("--smoke", action="store_true", help="1 epoch on a small set (CI)")
     args = parser.parse_args()
+    for name, low in (("epochs", 0), ("batch_size", 1), ("groups", 2), ("train_size", 2)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be > 0, got {args.timeout}")
     if args.smoke:
         args.epochs, args.train_size, args.batch_size = 1, 512, 64
 

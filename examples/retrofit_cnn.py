@@ -208,6 +208,10 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true", help="a tiny run (CI)")
     args = parser.parse_args(argv)
+    for name, low in (("train_size", 2), ("test_size", 1), ("epochs", 0),
+                      ("finetune_epochs", 0), ("width", 1), ("batch_size", 1), ("groups", 2)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.smoke:
         args.train_size, args.test_size, args.epochs, args.finetune_epochs = 768, 240, 2, 1
 

