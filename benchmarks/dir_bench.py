@@ -395,6 +395,25 @@ def require_bench_extra(args: argparse.Namespace, *, progress: bool = True) -> N
         )
 
 
+def check_data_present(plans: Sequence[Tuple[str, str, str]], data_dir: Optional[str]) -> None:
+    """Exit, naming ``--data-dir`` and the directory looked in, when a planned data set's files
+    are missing (a cheap check before any work; the synthetic task needs none)."""
+    root = bd.default_data_dir(data_dir)
+    for name, spec, kind in plans:
+        try:
+            if kind == "tabular":
+                bd._split_paths(spec.split(":", 1)[1])
+            elif kind == "stsb":
+                for file in bd.STSB_FILES.values():
+                    if not (root / "stsb-dir" / file).is_file():
+                        raise FileNotFoundError(f"expected {root / 'stsb-dir' / file}; not found")
+        except FileNotFoundError as err:
+            raise SystemExit(
+                f"no data for {name!r}: {err}. Pass --data-dir DIR (looked in {root}; "
+                f"the default is $DIRLOSS_DATA_DIR or {bd.REPO_ROOT.parent / 'shared' / 'data'})"
+            ) from None
+
+
 def prepare_or_exit(name: str, spec: str, kind: str, args: argparse.Namespace) -> Prepared:
     """:func:`prepare`, exiting with a message that names ``--data-dir`` when the files (or the
     STS-B encoder) are missing."""
@@ -415,6 +434,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     require_bench_extra(args)
     torch.set_num_threads(1)
     plans = plan_datasets(args)
+    check_data_present(plans, args.data_dir)
     methods = [METHODS[m] for m in args.methods]
     out_dir, img_dir = Path(args.out_dir), Path(args.img_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
