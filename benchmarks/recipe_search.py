@@ -145,7 +145,8 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--recipes", nargs="+", default=["vanilla", "default"], choices=list(RECIPES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", default=None,
+                    help="data directory (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
     ap.add_argument("--out", default="recipe_search.json")
     ap.add_argument("--evidence", nargs="+", metavar="JSON", default=None,
                     help="print the guide's evidence table from saved runs and exit (e.g. "
@@ -159,6 +160,7 @@ def main(argv: Any = None) -> None:
         return
     from benchmarks import data as bd
     plans = db._expand(args.datasets, bd.default_data_dir(args.data_dir))
+    db.check_data_present(plans, args.data_dir)
     opts = {"data_dir": args.data_dir}
     jobs = [(n, s, k, r, seed, opts) for (n, s, k), r, seed in itertools.product(plans, args.recipes, args.seeds)]
     results: List[Dict[str, Any]] = []
