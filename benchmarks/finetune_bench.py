@@ -186,6 +186,7 @@ def load_encoder() -> Tuple[Any, nn.Module]:
 
     path = encoder_path()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" in every worker
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path)
     model.eval()
