@@ -499,6 +499,8 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
                 if st.outstanding == 0:
                     st.finished = time.perf_counter()
                     results[job.dataset] = _finish(st, args, t0)
+                    if args.merge:
+                        results[job.dataset] = merge_result(out_dir / f"{job.dataset}.json", results[job.dataset])
                     _write_dataset(results[job.dataset], out_dir, img_dir, args)
                     tqdm.write(f"[{job.dataset}] done in {st.finished - (st.started or st.finished):.0f} s -> {out_dir / (job.dataset + '.json')}")
     finally:
@@ -844,6 +846,26 @@ def plot_per_bin(result: Mapping[str, Any], path: Path, methods: Sequence[str] =
     return path
 
 
+def merge_result(path: Path, fresh: Dict[str, Any]) -> Dict[str, Any]:
+    """``fresh`` with the methods of the earlier result at ``path`` that this run did not
+    re-run (``--merge``: re-run some methods of a finished data set, keep the others).
+    Only results of the same protocol are merged; the commands are both recorded."""
+    if not path.is_file():
+        return fresh
+    old = json.loads(path.read_text())
+    keys = ("seeds", "select_seeds", "config", "max_grid", "max_train", "quick")
+    same = json.loads(json.dumps({k: fresh["protocol"].get(k) for k in keys}))  # tuples -> lists
+    if any(old["protocol"].get(k) != same[k] for k in keys):
+        raise SystemExit(f"--merge: {path} was made with another protocol; re-run all methods instead")
+    methods = {**old["methods"], **fresh["methods"]}
+    merged = dict(fresh)
+    merged["methods"] = {m: methods[m] for m in [*METHODS, *methods] if m in methods}
+    merged["command"] = f"{old['command']}; then {fresh['command']}"
+    merged["wall_seconds"] = old["wall_seconds"] + fresh["wall_seconds"]
+    merged["checks"] = dataset_checks(merged["kind"], merged["methods"])
+    return merged
+
+
 def _write_dataset(result: Mapping[str, Any], out_dir: Path, img_dir: Path, args: argparse.Namespace) -> None:
     (out_dir / f"{result['dataset']}.json").write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
     (out_dir / f"{result['dataset']}.md").write_text(markdown_table(result))
@@ -937,6 +959,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report-only", action="store_true", help="rebuild the .md tables, plots and summary from the JSON in --out-dir")
+    p.add_argument("--merge", action="store_true", help="keep the other methods of a data set's earlier result in --out-dir (re-run some methods only)")
     args = p.parse_args(argv)
     defaults = {"seeds": 5, "select_seeds": 2, "max_grid": None, "stsb_epochs": STSB_EPOCHS, "steps": TABULAR_STEPS, "max_train": None}
     for key, default in defaults.items():

@@ -21,8 +21,9 @@ only the head and the loss differ:
 ``abl-ce``                head + expert MSE + plain cross-entropy on the group logits
 ``abl-soft``              head + expert MSE + descending soft labels (no contrastive term)
 ``abl-ce-con``            head + expert MSE + plain cross-entropy + group contrastive term
-``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, 10)``
-                          + ``GroupDIRLoss(binner)``, ``expert_share`` in {1 (default), 0},
+``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, G)``
+                          + ``GroupDIRLoss(binner)``; (G, ``expert_share``) in {(10, 1) (the
+                          defaults), (20, 0)},
                           inference in {soft, argmax with tau = 0.5}, picked by the library's
                           rule (:func:`~dirloss.select_inference`: lowest bMAE among the
                           candidates within 2 % of the best overall MAE)
@@ -82,11 +83,12 @@ PAPER_INFERENCE: Tuple[Tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0)
 INFERENCE_MODES = PAPER_INFERENCE  # kept for callers of the 0.1 benchmark
 DIRLOSS_GRID = (
     {"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 1.0},
-    {"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 0.0},
+    {"num_groups": 2 * DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 0.0},
 )
-"""The library's defaults (``expert_share`` = 1) and its one documented alternative (sharp
-experts, ``expert_share`` = 0); with two inference candidates each, the search is as large
-as the largest baseline grid (BMC, RnC: four settings)."""
+"""The library's defaults (``expert_share`` = 1, 10 groups) and its one documented
+alternative (sharp experts on finer groups: ``expert_share`` = 0, 20 groups); with two
+inference candidates each, the search is as large as the largest baseline grid (BMC, RnC:
+four settings)."""
 DIRLOSS_INFERENCE: Tuple[Tuple[str, float], ...] = (("soft", 0.0), ("argmax", 0.5))
 """The two most often chosen of :data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES` in
 the recipe search (docs/guide.md)."""

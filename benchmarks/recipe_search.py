@@ -44,7 +44,8 @@ BASE = {
 }
 """The provisional recipe the search started from (no mixture term); every recipe below
 changes some of it. The library's defaults came out as ``mix`` (``lambda_mix`` = 1), with
-``mix_s0`` (``expert_share`` = 0) as the one alternative the benchmark also tries."""
+``mix_s0_g20`` (``expert_share`` = 0 on 20 groups) as the one alternative the benchmark
+also tries."""
 RECIPES: Dict[str, Dict[str, Any]] = {
     "vanilla": {"vanilla": True},
     "default": {},
@@ -69,6 +70,11 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "mixonly": {"lambda_mse": 0.0, "lambda_mix": 10.0},
     "mixdom_s0": {"lambda_mse": 1.0, "lambda_mix": 10.0, "expert_share": 0.0},
     "g20s2mixdom": {"num_groups": 20, "expert_share": 2.0, "lambda_mse": 1.0, "lambda_mix": 10.0},
+    "mix_s0_grc0": {"lambda_mix": 1.0, "expert_share": 0.0, "lambda_grc": 0.0},
+    "mix_s0_noresid": {"lambda_mix": 1.0, "expert_share": 0.0, "residual": False},
+    "mix_s0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "num_groups": 20},
+    "mix_s0_grc0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "lambda_grc": 0.0, "num_groups": 20},
+    "mix_s0_noresid_grc0": {"lambda_mix": 1.0, "expert_share": 0.0, "residual": False, "lambda_grc": 0.0},
 }
 INFERENCE = [("argmax", 0.0), ("soft", 0.0), ("soft", 0.5), ("soft", 1.0), ("argmax", 0.5)]
 
@@ -194,6 +200,8 @@ EVIDENCE_ROWS: List[Tuple[str, List[Tuple[str, str]]]] = [
     ("benchmark grid: share {1, 0} x {soft, argmax tau 0.5}, mixture 1",
      [(r, i) for r in ("mix", "mix_s0") for i in ("soft/0", "argmax/0.5")]),
     ("same grid without the mixture term", [(r, i) for r in ("default", "share0") for i in ("soft/0", "argmax/0.5")]),
+    ("benchmark grid, sharp alternative on G 20: {share 1, G 10; share 0, G 20} x {soft, argmax tau 0.5}",
+     [(r, i) for r in ("mix", "mix_s0_g20") for i in ("soft/0", "argmax/0.5")]),
 ]
 """The rows of the guide's evidence table: a name and its (recipe, inference) candidates."""
 
