@@ -75,6 +75,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "mix_s0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "num_groups": 20},
     "mix_s0_grc0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "lambda_grc": 0.0, "num_groups": 20},
     "mix_s0_noresid_grc0": {"lambda_mix": 1.0, "expert_share": 0.0, "residual": False, "lambda_grc": 0.0},
+    "bal0.5": {"lambda_mix": 1.0, "balance": 0.5},
+    "bal0.25": {"lambda_mix": 1.0, "balance": 0.25},
 }
 INFERENCE = [("argmax", 0.0), ("soft", 0.0), ("soft", 0.5), ("soft", 1.0), ("argmax", 0.5)]
 
@@ -122,7 +124,10 @@ def run_one(job: Tuple[str, str, str, str, int, Dict[str, Any]]) -> Dict[str, An
                 loss = F.mse_loss(head(f)[:, 0], y[idx])
             else:
                 g = binner(y[idx])
-                loss = criterion(head(f, g), f, y[idx], g).loss
+                if p.get("balance"):
+                    loss = _balanced_loss(criterion, binner, head(f, g), f, y[idx], g, p)
+                else:
+                    loss = criterion(head(f, g), f, y[idx], g).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,6 +148,25 @@ def run_one(job: Tuple[str, str, str, str, int, Dict[str, Any]]) -> Dict[str, An
             g_true = binner(data.y["val"])
             out["group_acc"] = float((head(f).logits.argmax(1) == g_true).float().mean())
     return out
+
+
+def _balanced_loss(criterion: Any, binner: Any, out: Any, f: torch.Tensor, y: torch.Tensor,
+                   g: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    """Experiment: the regression terms weighted by counts[g_i] ** -balance (mean 1 over
+    the training labels)."""
+    import dirloss.functional as DF
+    counts = binner.counts.double().clamp_min(1)
+    w_group = counts ** -p["balance"]
+    w_group = w_group / ((counts * w_group).sum() / counts.sum())
+    w = w_group[g].float()
+    unit = binner.label_std.float() ** 2
+    table = DF.expert_share_table(binner.num_groups, p["expert_share"])[g] if p["expert_share"] else F.one_hot(g, binner.num_groups).float()
+    sq = (out.experts[:, :, 0] - y[:, None]).square()
+    mse = (w[:, None] * table * sq).sum() / (len(y) * unit)
+    mix = (out.logits.softmax(1) * out.experts[:, :, 0]).sum(1)
+    mixl = (w * (mix - y).square()).sum() / (len(y) * unit)
+    rest = criterion.lambda_grc * criterion.contrastive(f, g) + criterion.lambda_soft * criterion.soft_label(out.logits, g)
+    return rest + p["lambda_mse"] * mse + p["lambda_mix"] * mixl
 
 
 def main(argv: Any = None) -> None:
@@ -200,6 +224,8 @@ EVIDENCE_ROWS: List[Tuple[str, List[Tuple[str, str]]]] = [
     ("benchmark grid: share {1, 0} x {soft, argmax tau 0.5}, mixture 1",
      [(r, i) for r in ("mix", "mix_s0") for i in ("soft/0", "argmax/0.5")]),
     ("same grid without the mixture term", [(r, i) for r in ("default", "share0") for i in ("soft/0", "argmax/0.5")]),
+    ("group-balanced regression terms (weight counts ** -0.5), mixture 1", [("bal0.5", i) for i in INF4]),
+    ("group-balanced regression terms (weight counts ** -0.25), mixture 1", [("bal0.25", i) for i in INF4]),
     ("benchmark grid, sharp alternative on G 20: {share 1, G 10; share 0, G 20} x {soft, argmax tau 0.5}",
      [(r, i) for r in ("mix", "mix_s0_g20") for i in ("soft/0", "argmax/0.5")]),
 ]
