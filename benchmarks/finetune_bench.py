@@ -148,7 +148,7 @@ class FinetuneConfig:
     top_layers: int = 2
     max_length: int = 64
     batch_size: int = 32
-    epochs: int = 4
+    epochs: int = 6
     lr: float = 5e-5
     head_lr_mult: float = 30.0
     weight_decay: float = 0.01
