@@ -74,6 +74,7 @@ __all__ = [
     "build_model",
     "mlp",
     "method_names",
+    "optimise",
     "predict",
     "train",
 ]
@@ -368,7 +369,28 @@ def train(
     start = time.perf_counter()
     model = build_model(method, params, x.shape[1], config.hidden, seed=seed, dropout=config.dropout)
     loss_fn, extra = make_loss(method, params, y, seed=seed)
-    weight_decay = float(params.get("weight_decay", 0.0))
+    last, finite = optimise(model, loss_fn, extra, x, y, config, seed=seed,
+                            weight_decay=float(params.get("weight_decay", 0.0)))
+    model.eval()
+    if isinstance(model.head, MultiExpertHead):  # the group prior, for logit adjustment
+        model.head.set_logit_adjustment(0.0, _fit_binner(params, y).counts)
+    return model, {"train_seconds": time.perf_counter() - start, "final_loss": last, "finite": finite}
+
+
+def optimise(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Tensor, Tensor], Tensor],
+    extra: Sequence[nn.Parameter],
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+    weight_decay: float = 0.0,
+) -> Tuple[float, bool]:
+    """The shared training loop: Adam with a cosine-annealed learning rate over all steps,
+    batch order from a generator seeded with ``seed``, the last incomplete batch kept unless
+    it holds a single sample. Returns the last epoch's loss and whether it stayed finite."""
     optimizer = torch.optim.Adam([*model.parameters(), *extra], lr=config.lr, weight_decay=weight_decay)
     n = x.shape[0]
     per_epoch = max(1, math.ceil(n / config.batch_size))
@@ -378,7 +400,6 @@ def train(
     order_gen = torch.Generator().manual_seed(seed)
     model.train()
     last = math.nan
-    finite = True
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=order_gen)
         for b in range(per_epoch):
@@ -390,12 +411,8 @@ def train(
             scheduler.step()
         last = float(loss.detach())
         if not math.isfinite(last):
-            finite = False
-            break
-    model.eval()
-    if isinstance(model.head, MultiExpertHead):  # the group prior, for logit adjustment
-        model.head.set_logit_adjustment(0.0, _fit_binner(params, y).counts)
-    return model, {"train_seconds": time.perf_counter() - start, "final_loss": last, "finite": finite}
+            return last, False
+    return last, True
 
 
 @torch.no_grad()

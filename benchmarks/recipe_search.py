@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import sys
 import time
 from multiprocessing import get_context
@@ -34,7 +33,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import dir_bench as db  # noqa: E402
-from benchmarks.methods import mlp  # noqa: E402
+from benchmarks.methods import Regressor, mlp, optimise  # noqa: E402
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead  # noqa: E402
 
 BASE = {
@@ -107,31 +106,16 @@ def run_one(job: Tuple[str, str, str, str, int, Dict[str, Any]]) -> Dict[str, An
             lambda_soft=p["lambda_soft"], lambda_mix=p["lambda_mix"],
             expert_share=p["expert_share"], temperature=p["temperature"],
         )
-    params = [*backbone.parameters(), *head.parameters()]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    n = x.shape[0]
-    per_epoch = max(1, math.ceil(n / config.batch_size))
-    if n % config.batch_size == 1 and per_epoch > 1:
-        per_epoch -= 1
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=per_epoch * config.epochs)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(config.epochs):
-        order = torch.randperm(n, generator=gen)
-        for b in range(per_epoch):
-            idx = order[b * config.batch_size:(b + 1) * config.batch_size if b < per_epoch - 1 else n]
-            f = backbone(x[idx])
-            if p.get("vanilla"):
-                loss = F.mse_loss(head(f)[:, 0], y[idx])
-            else:
-                g = binner(y[idx])
-                if p.get("balance"):
-                    loss = _balanced_loss(criterion, binner, head(f, g), f, y[idx], g, p)
-                else:
-                    loss = criterion(head(f, g), f, y[idx], g).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    def loss_fn(model: Regressor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        f = model.backbone(xb)
+        if p.get("vanilla"):
+            return F.mse_loss(model.head(f)[:, 0], yb)
+        g = binner(yb)
+        if p.get("balance"):
+            return _balanced_loss(criterion, binner, model.head(f, g), f, yb, g, p)
+        return criterion(model.head(f, g), f, yb, g).loss
+
+    optimise(Regressor(backbone, head), loss_fn, [], x, y, config, seed=seed)
     out: Dict[str, Any] = {"job": job[:5], "seconds": time.perf_counter() - start, "val": {}}
     with torch.no_grad():
         f = backbone(data.x["val"])
