@@ -103,3 +103,13 @@ def as_vector(values: Any, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"expected {name} to have shape (N,) or (N, 1), got {tuple(array.shape)}")
     return array
+
+
+def apply_keeping_float64(module: Any, names: Any, apply: Any) -> None:
+    """Run ``apply()`` (the module's ``nn.Module._apply``) but keep the float64 buffers
+    ``names`` in float64: ``.half()`` / ``.to(dtype)`` must not round edges or settings,
+    so those buffers follow the device only."""
+    kept = {name: getattr(module, name) for name in names}
+    apply()
+    for name, value in kept.items():
+        setattr(module, name, value.to(getattr(module, name).device))

@@ -10,7 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._validation import as_float64_array, as_vector, check_num_groups
+from ._validation import (
+    apply_keeping_float64,
+    as_float64_array,
+    as_vector,
+    check_num_groups,
+)
 
 __all__ = ["GroupBinner"]
 
@@ -260,10 +265,9 @@ class GroupBinner(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> "GroupBinner":
         # .half() / .to(dtype) must not round the bin edges: follow the device, stay float64.
-        kept = {k: getattr(self, k) for k in ("edges", "centers", "label_std", "fit_range")}
-        super()._apply(fn, recurse)
-        for name, value in kept.items():
-            setattr(self, name, value.to(getattr(self, name).device))
+        base_apply = super()._apply
+        names = ("edges", "centers", "label_std", "fit_range")
+        apply_keeping_float64(self, names, lambda: base_apply(fn, recurse))
         return self
 
     def _load_from_state_dict(

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from . import functional as DF
 from ._validation import (
+    apply_keeping_float64,
     check_group_range,
     check_group_targets,
     check_non_negative,
@@ -244,9 +245,9 @@ class MultiExpertHead(nn.Module):
         return HeadOutput(logits, experts, prediction)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "MultiExpertHead":
-        tau = self.logit_tau
-        super()._apply(fn, recurse)
-        self.logit_tau = tau.to(self.logit_tau.device)
+        # tau stays float64, so it reads back exactly as set.
+        base_apply = super()._apply
+        apply_keeping_float64(self, ("logit_tau",), lambda: base_apply(fn, recurse))
         return self
 
     def _load_from_state_dict(

@@ -9,7 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as DF
-from ._validation import check_group_range, check_non_negative, check_reduction, reduce
+from ._validation import (
+    apply_keeping_float64,
+    check_group_range,
+    check_non_negative,
+    check_reduction,
+    reduce,
+)
 from .distributed import gather_batch, is_distributed
 
 __all__ = ["DescendingSoftLabelLoss", "GroupContrastiveLoss"]
@@ -115,9 +121,9 @@ class DescendingSoftLabelLoss(nn.Module):
         )
 
     def _apply(self, fn: Any, recurse: bool = True) -> "DescendingSoftLabelLoss":
-        tau = self.logit_tau  # stays float64 under .half() / .to(dtype), like the head's
-        super()._apply(fn, recurse)
-        self.logit_tau = tau.to(self.logit_tau.device)
+        # tau stays float64, so it reads back exactly as set.
+        base_apply = super()._apply
+        apply_keeping_float64(self, ("logit_tau",), lambda: base_apply(fn, recurse))
         return self
 
     def _load_from_state_dict(
@@ -160,8 +166,12 @@ class GroupContrastiveLoss(nn.Module):
     See :func:`dirloss.functional.group_contrastive_loss` for the math and the two kernels.
 
     Args:
-        num_groups: G, for integer group labels (enables the fused group kernel).
-            Without it, labels are treated as real values (Rank-N-Contrast).
+        num_groups: G, for integer group labels in ``[0, G)``: the fused group kernel with
+            no host sync (:class:`~dirloss.GroupDIRLoss` passes its binner's). Without it, integer
+            labels still take the fused kernel, with G inferred from each batch at the cost
+            of one host read (under ``torch.compile``, or for labels spanning more than 128
+            values, the continuous kernel: the same loss, slower), and float labels are real
+            values (Rank-N-Contrast), even when they hold whole numbers.
         temperature: T > 0 (default :data:`dirloss.functional.DEFAULT_TEMPERATURE`).
         similarity: ``"l2"`` (negative Euclidean distance of normalised features) or
             ``"cosine"``.
@@ -228,6 +238,8 @@ class GroupContrastiveLoss(nn.Module):
             features, labels, self.num_groups, self.temperature, self.similarity, self.chunk_size
         )
         all_features, all_labels, offset = gather_batch(features, labels)
+        # Without num_groups, G is inferred from the gathered (global) labels: every rank
+        # sees the same batch, so every rank infers the same G.
         x_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
         n = features.shape[0]
         per_anchor = DF._contrast_means(

@@ -271,6 +271,7 @@ class GroupDIRLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lambda_grc={self.lambda_grc}, lambda_mse={self.lambda_mse}, "
-            f"lambda_soft={self.lambda_soft}, lambda_mix={self.lambda_mix}, expert_share={self.expert_share}, "
+            f"lambda_soft={self.lambda_soft}, lambda_mix={self.lambda_mix}, "
+            f"expert_share={self.expert_share}, "
             f"standardize_mse={self.standardize_mse}, validate={self.validate}"
         )
