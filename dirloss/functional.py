@@ -422,26 +422,36 @@ def group_contrastive_loss(
 
     Two kernels:
 
-    * integer ``labels`` with ``num_groups`` (the normal case, group indices): no loop over
-      the batch, O(N^2 + N G) memory (O(chunk_size * N) chunked) and O(N^2 (D + G)) time,
-      with an analytic backward. Labels outside ``[0, num_groups)`` raise ``ValueError``
-      for CPU tensors; on other devices they are not checked (that would force a host
-      sync; ``GroupContrastiveLoss(validate=True)`` checks) and are clamped into the range.
-    * float ``labels`` (or integer labels without ``num_groups``): the same loss on the
-      continuous distances (Rank-N-Contrast), O(N^2 log N) via a row sort; ties are exact.
-      Labels of shape (N, L) use the L1 distance.
+    * integer ``labels`` of shape (N,) or (N, 1) (the normal case, group indices): the fused
+      group kernel. No loop over the batch, O(N^2 + N G) memory (O(chunk_size * N) chunked)
+      and O(N^2 (D + G)) time, with an analytic backward. With ``num_groups``, labels
+      outside ``[0, num_groups)`` raise ``ValueError`` for CPU tensors; on other devices
+      they are not checked (that would force a host sync;
+      ``GroupContrastiveLoss(validate=True)`` checks) and are clamped into the range.
+      Without ``num_groups`` the groups are inferred from the batch with **one host read**
+      (its minimum and maximum; the loss depends only on label differences, so negative
+      labels are fine): ``G = max - min + 1``. Passing ``num_groups`` keeps the call free
+      of host syncs, as :class:`~dirloss.GroupDIRLoss` does. Integer labels that span
+      more than 128 values, and any call traced by ``torch.compile`` (where a host read
+      would break ``fullgraph=True``), take the continuous kernel below instead: the same
+      loss, computed by the slower sort.
+    * float ``labels`` (even when they hold whole numbers), integer labels of shape (N, L)
+      with L > 1, and the cases above: the same loss on the continuous distances
+      (Rank-N-Contrast), O(N^2 log N) via a row sort; ties are exact. Labels of shape
+      (N, L) use the L1 distance.
 
     Args:
         features: (N, D) backbone features (any scale; they are normalised).
         labels: (N,) or (N, 1) group indices or real labels; (N, L) real labels.
-        num_groups: G, for integer group labels.
+        num_groups: G, for integer group labels in ``[0, G)``: no host sync. Without it,
+            integer labels have G inferred from the batch (one host read).
         temperature: T > 0, see :data:`DEFAULT_TEMPERATURE` for the default.
         similarity: ``"l2"`` or ``"cosine"``.
         reduction: ``"mean"`` over all ordered pairs, ``"sum"`` of the per-anchor means, or
             ``"none"``: the per-anchor mean over ``j``, shape (N,).
         chunk_size: process the anchors in blocks of this many rows, so the peak extra
             memory is O(chunk_size * N) instead of O(N^2) (same loss and gradients). Integer
-            group labels only.
+            group labels with ``num_groups`` only.
 
     Returns:
         A scalar, or (N,). N = 1 (no pair) gives 0, still attached to the graph. Computed in
@@ -515,16 +525,48 @@ def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
     return integer and num_groups is not None
 
 
+# Integer labels without num_groups take the fused kernel when they span at most this many
+# values. Its extra work grows with G (an N x N by N x G matmul, (N, G) and cached (G, 2G)
+# tables), the sort kernel's does not: past some G the sort is the cheaper of the two.
+# Where that crossover lies is not measured yet; 128 covers binned labels and small
+# integer ranges (ages, counts) with tables of well under 1 MB.
+_MAX_INFERRED_GROUPS = 128
+
+
+def _inferred_groups(labels: Tensor) -> "Optional[tuple[Tensor, int]]":
+    """For integer labels of shape (N,) or (N, 1) without ``num_groups``: the labels shifted
+    to start at 0 and ``G = max - min + 1`` (at least 2), read from the batch with one host
+    read. None where the continuous kernel applies instead: float, bool or (N, L > 1)
+    labels, an empty batch, a span over ``_MAX_INFERRED_GROUPS``, or under
+    ``torch.compile`` (a host read would break the graph)."""
+    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
+    if not integer or labels.dtype == torch.bool or labels.numel() != labels.shape[0]:
+        return None
+    if labels.numel() == 0 or _contrastive._is_compiling():
+        return None
+    flat = labels.reshape(-1).long()
+    low, high = torch.stack(torch.aminmax(flat)).tolist()  # the one host read
+    span = high - low + 1
+    if span > _MAX_INFERRED_GROUPS:
+        return None
+    return flat - low, max(span, 2)
+
+
 def _prepare_contrastive(
     features: Tensor, labels: Tensor, num_groups: Optional[int]
 ) -> "tuple[Tensor, Tensor, Optional[int]]":
     """Cast checked features to the working dtype and shape the labels for
     :func:`_contrast_means` (the kernels normalise); the returned ``num_groups`` is None when
-    the continuous kernel applies."""
+    the continuous kernel applies. Without ``num_groups``, integer labels get G inferred
+    from these labels (:func:`_inferred_groups`): under DDP, pass the gathered batch, so
+    that every rank infers the same G."""
     work_dtype = torch.promote_types(features.dtype, torch.float32)
     x = features.to(work_dtype)
     if num_groups is not None and _uses_group_kernel(labels, num_groups):
         return x, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
+    inferred = _inferred_groups(labels) if num_groups is None else None
+    if inferred is not None:
+        return x, inferred[0], inferred[1]
     return x, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
 
 

@@ -166,12 +166,12 @@ class GroupContrastiveLoss(nn.Module):
     See :func:`dirloss.functional.group_contrastive_loss` for the math and the two kernels.
 
     Args:
-        num_groups: G, for integer group labels in ``[0, G)``: the fused group kernel with
-            no host sync (:class:`~dirloss.GroupDIRLoss` passes its binner's). Without it, integer
-            labels still take the fused kernel, with G inferred from each batch at the cost
-            of one host read (under ``torch.compile``, or for labels spanning more than 128
-            values, the continuous kernel: the same loss, slower), and float labels are real
-            values (Rank-N-Contrast), even when they hold whole numbers.
+        num_groups: G, for integer group labels in ``[0, G)``: the fused group kernel
+            with no host sync (:class:`~dirloss.GroupDIRLoss` passes its binner's). Without
+            it, integer labels still take the fused kernel, with G inferred from each batch
+            at the cost of one host read (under ``torch.compile``, or for labels spanning
+            more than 128 values, the continuous kernel: the same loss, slower), and float
+            labels are real values (Rank-N-Contrast), even when they hold whole numbers.
         temperature: T > 0 (default :data:`dirloss.functional.DEFAULT_TEMPERATURE`).
         similarity: ``"l2"`` (negative Euclidean distance of normalised features) or
             ``"cosine"``.

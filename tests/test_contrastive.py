@@ -1,13 +1,14 @@
 """The group contrastive loss (L_grc) against a plain loop written from its definition.
 
-Both kernels are covered: the fused integer-group kernel (integer labels with ``num_groups``)
-and the sort-based continuous kernel (float labels, or integer labels without ``num_groups``).
+Both kernels are covered: the fused integer-group kernel (integer labels, with ``num_groups``
+or with G inferred from the batch) and the sort-based continuous kernel (float labels).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -78,6 +79,21 @@ def randn(*shape, dtype=torch.float64, **kw):
     return torch.randn(*shape, dtype=dtype, **kw)
 
 
+# How the tests reach each kernel with integer group labels: "fused" passes num_groups,
+# "inferred" leaves it out (integer labels: G inferred from the batch, same fused kernel),
+# "sort" passes the same values as floats (the continuous kernel, never guessed from values).
+KERNEL_NAMES = ["fused", "inferred", "sort"]
+
+
+def kernel_args(kernel, labels):
+    """(labels, num_groups) that select ``kernel`` for integer group labels in [0, G)."""
+    if kernel == "fused":
+        return labels, G
+    if kernel == "inferred":
+        return labels, None
+    return labels.double(), None
+
+
 # Label sets. Each is (labels, num_groups or None); num_groups selects the fused kernel.
 G = 5
 INT_LABELS = {
@@ -103,14 +119,14 @@ FLOAT_LABELS = {
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 @pytest.mark.parametrize("temperature", [0.07, 0.5, 2.0])
 @pytest.mark.parametrize("name", list(INT_LABELS))
-@pytest.mark.parametrize("kernel", ["fused", "sort"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
 def test_integer_labels_match_loop(kernel, name, temperature, similarity):
     labels = INT_LABELS[name]
     features = randn(labels.shape[0], 4)
-    num_groups = G if kernel == "fused" else None
+    labels_, num_groups = kernel_args(kernel, labels)
     for reduction in REDUCTIONS:
         got = loss_fn(
-            features, labels, num_groups=num_groups, temperature=temperature,
+            features, labels_, num_groups=num_groups, temperature=temperature,
             similarity=similarity, reduction=reduction,
         )
         expected = ref_loss(features, labels, temperature, similarity, reduction)
@@ -149,9 +165,9 @@ def test_integer_2d_labels_without_num_groups_use_l1_distance():
 def test_small_temperature_float64_matches_loop():
     labels = INT_LABELS["spread"]
     features = randn(labels.shape[0], 3)
-    for num_groups in (G, None):
+    for labels_, num_groups in (kernel_args(k, labels) for k in KERNEL_NAMES):
         for similarity in SIMILARITIES:
-            got = loss_fn(features, labels, num_groups=num_groups, temperature=0.01,
+            got = loss_fn(features, labels_, num_groups=num_groups, temperature=0.01,
                           similarity=similarity, reduction="none")
             expected = ref_loss(features, labels, 0.01, similarity, "none")
             torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-10)
@@ -216,13 +232,13 @@ def test_gradcheck_float_labels(similarity):
 
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("kernel", ["fused", "sort"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
 def test_gradient_matches_autograd_through_loop(kernel, reduction, similarity):
     labels = torch.tensor([0, 0, 2, 3, 4, 4, 2, 1])
     weight = randn(labels.shape[0])  # a non-uniform upstream gradient for "none"
     features = randn(labels.shape[0], 3, requires_grad=True)
-    num_groups = G if kernel == "fused" else None
-    got = loss_fn(features, labels, num_groups=num_groups, temperature=0.2,
+    labels_, num_groups = kernel_args(kernel, labels)
+    got = loss_fn(features, labels_, num_groups=num_groups, temperature=0.2,
                   similarity=similarity, reduction=reduction)
     (g_got,) = torch.autograd.grad((got * weight).sum() if got.dim() else got, features)
     ref_features = features.detach().clone().requires_grad_()
@@ -260,13 +276,13 @@ def test_linear_and_log_space_forwards_agree(monkeypatch, similarity, temperatur
 # gradient of the distance is 0 (as autograd through the loop gives at a zero difference);
 # only the clamped pairs are cut off, the other pairs of those samples still count.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("kernel", ["fused", "sort"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
 def test_duplicate_samples_gradient_matches_loop(kernel, dtype):
     base = randn(5, 3)
     features = torch.cat([base, base[:2]]).to(dtype).requires_grad_()  # rows 5, 6 = rows 0, 1
     labels = torch.tensor([0, 1, 2, 3, 4, 0, 3])
-    num_groups = G if kernel == "fused" else None
-    got = loss_fn(features, labels, num_groups=num_groups, temperature=0.2)
+    labels_, num_groups = kernel_args(kernel, labels)
+    got = loss_fn(features, labels_, num_groups=num_groups, temperature=0.2)
     (g_got,) = torch.autograd.grad(got, features)
     ref_features = features.detach().double().requires_grad_()
     (g_exp,) = torch.autograd.grad(ref_loss(ref_features, labels, 0.2, "l2", "mean"),
@@ -359,8 +375,8 @@ def test_reduction_shapes_and_consistency(num_groups):
 def test_float32_features_give_float32_loss():
     labels = INT_LABELS["spread"]
     features = torch.randn(labels.shape[0], 4)
-    for num_groups in (G, None):
-        loss = loss_fn(features, labels, num_groups=num_groups)
+    for labels_, num_groups in (kernel_args(k, labels) for k in KERNEL_NAMES):
+        loss = loss_fn(features, labels_, num_groups=num_groups)
         assert loss.dtype == torch.float32
         torch.testing.assert_close(
             loss.double(), ref_loss(features.double(), labels, 0.1, "l2", "mean"),
@@ -474,8 +490,8 @@ def test_module_has_empty_state_dict_and_repr():
 # ---------------------------------------------------------------------------------------------
 # 4. Degenerate batches
 # ---------------------------------------------------------------------------------------------
-KERNELS = [({"num_groups": 3}, torch.long), ({}, torch.float64)]
-KERNEL_IDS = ["fused", "sort"]
+KERNELS = [({"num_groups": 3}, torch.long), ({}, torch.long), ({}, torch.float64)]
+KERNEL_IDS = ["fused", "inferred", "sort"]
 
 
 @pytest.mark.parametrize("similarity", SIMILARITIES)
@@ -602,12 +618,13 @@ PROPERTY = settings(max_examples=30, deadline=None)
 
 @PROPERTY
 @given(groups=group_lists, seed=seeds, similarity=st.sampled_from(SIMILARITIES),
-       fused=st.booleans(), data=st.data())
-def test_permutation_invariance(groups, seed, similarity, fused, data):
+       kernel=st.sampled_from(KERNEL_NAMES), data=st.data())
+def test_permutation_invariance(groups, seed, similarity, kernel, data):
     n = len(groups)
-    features, labels = case(seed, n), torch.tensor(groups)
+    features = case(seed, n)
+    labels, num_groups = kernel_args(kernel, torch.tensor(groups))
     perm = torch.tensor(data.draw(st.permutations(range(n))), dtype=torch.long)
-    kw = {"num_groups": G if fused else None, "similarity": similarity}
+    kw = {"num_groups": num_groups, "similarity": similarity}
     per_anchor = loss_fn(features, labels, reduction="none", **kw)
     permuted = loss_fn(features[perm], labels[perm], reduction="none", **kw)
     torch.testing.assert_close(permuted, per_anchor[perm], **F64)
@@ -649,10 +666,10 @@ def test_float_label_shift_invariance(values, seed, shift, column):
        temperature=st.sampled_from([0.01, 0.1, 1.0]), dim=st.integers(1, 4))
 def test_per_anchor_loss_is_non_negative(groups, seed, similarity, temperature, dim):
     # Each l_ij >= 0 because its denominator contains exp(s_ij) itself; so does every mean.
-    features, labels = case(seed, len(groups), dim), torch.tensor(groups)
-    for kw in ({"num_groups": G}, {}):
-        per_anchor = loss_fn(features, labels, similarity=similarity, temperature=temperature,
-                             reduction="none", **kw)
+    features = case(seed, len(groups), dim)
+    for labels, num_groups in (kernel_args(k, torch.tensor(groups)) for k in KERNEL_NAMES):
+        per_anchor = loss_fn(features, labels, num_groups=num_groups, similarity=similarity,
+                             temperature=temperature, reduction="none")
         assert (per_anchor >= -1e-12).all()
 
 
@@ -664,12 +681,16 @@ def test_fused_kernel_equals_sort_kernel(groups, seed, similarity, temperature, 
     labels = torch.tensor(groups)
     kw = {"similarity": similarity, "temperature": temperature, "reduction": "none"}
     fused = loss_fn(features, labels, num_groups=G, chunk_size=chunk, **kw)
-    sort = loss_fn(features, labels, **kw)
+    inferred = loss_fn(features, labels, **kw)  # G inferred: the fused kernel again
+    sort = loss_fn(features, labels.double(), **kw)  # float labels: the continuous kernel
     torch.testing.assert_close(fused, sort, **F64)
+    torch.testing.assert_close(inferred, sort, **F64)
     weight = torch.arange(1.0, len(groups) + 1, dtype=torch.float64)
     (g_fused,) = torch.autograd.grad((fused * weight).sum(), features)
+    (g_inferred,) = torch.autograd.grad((inferred * weight).sum(), features)
     (g_sort,) = torch.autograd.grad((sort * weight).sum(), features)
     torch.testing.assert_close(g_fused, g_sort, atol=1e-9, rtol=1e-8)
+    torch.testing.assert_close(g_inferred, g_sort, atol=1e-9, rtol=1e-8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,7 +751,7 @@ def test_cuda_matches_cpu(device, similarity):
         pytest.skip("CUDA-only comparison")
     labels = torch.tensor([0, 0, 2, 3, 4, 4, 2, 1, 3, 0])
     features = randn(10, 6, requires_grad=True)
-    for num_groups, y in ((G, labels), (None, labels.double() * 0.5)):
+    for num_groups, y in ((G, labels), (None, labels), (None, labels.double() * 0.5)):
         cpu = loss_fn(features, y, num_groups=num_groups, similarity=similarity,
                       reduction="none")
         (g_cpu,) = torch.autograd.grad(cpu.sum(), features)
@@ -759,3 +780,166 @@ def test_cuda_fused_kernel_has_no_host_sync(device, similarity, chunk_size):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss).item() and torch.isfinite(features.grad).all().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Integer labels without num_groups: G inferred from the batch (one host read)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The kernels each call ran: ("grouped", G) or ("continuous", None), in order."""
+    calls = []
+    grouped, continuous = _contrastive.grouped, _contrastive.continuous
+
+    def spy_grouped(x_c, y_c, offset, n_anchors, num_groups, *args, **kw):
+        calls.append(("grouped", num_groups))
+        return grouped(x_c, y_c, offset, n_anchors, num_groups, *args, **kw)
+
+    def spy_continuous(*args, **kw):
+        calls.append(("continuous", None))
+        return continuous(*args, **kw)
+
+    monkeypatch.setattr(_contrastive, "grouped", spy_grouped)
+    monkeypatch.setattr(_contrastive, "continuous", spy_continuous)
+    return calls
+
+
+INFERRED_LABELS = {
+    **INT_LABELS,
+    "offset": torch.tensor([3, 5, 3, 7, 4, 7, 5, 6]),  # min 3: G = 5 after the shift
+    "negative": torch.tensor([-2, 0, -1, 1, -2, 3, 0]),  # only differences matter
+    "column": INT_LABELS["spread"][:, None],  # (N, 1)
+    "int32": INT_LABELS["spread"].int(),
+    "uint8": INT_LABELS["edges_only"].to(torch.uint8),
+}
+
+
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("name", list(INFERRED_LABELS))
+def test_inferred_groups_equal_explicit_num_groups_and_float_labels(name, similarity,
+                                                                    kernel_calls):
+    """Integer labels without num_groups run the fused kernel with G = max - min + 1 and give
+    the loss and gradients of num_groups = max + 1 (on labels - min where min < 0) and of the
+    continuous kernel on the same values as floats."""
+    labels = INFERRED_LABELS[name]
+    flat = labels.reshape(-1).long()
+    low, high = int(flat.min()), int(flat.max())
+    explicit_labels = labels if low >= 0 else labels - low
+    features = randn(labels.shape[0], 4, requires_grad=True)
+    weight = randn(labels.shape[0])
+    kw = {"similarity": similarity, "temperature": 0.2, "reduction": "none"}
+    results = []
+    for labels_, num_groups in (
+        (labels, None),
+        (explicit_labels, max(high - min(low, 0) + 1, 2)),
+        (labels.double(), None),
+    ):
+        loss = loss_fn(features, labels_, num_groups=num_groups, **kw)
+        (grad,) = torch.autograd.grad((loss * weight).sum(), features)
+        results.append((loss, grad))
+    assert kernel_calls == [
+        ("grouped", max(high - low + 1, 2)),
+        ("grouped", max(high - min(low, 0) + 1, 2)),
+        ("continuous", None),
+    ]
+    (inferred, g_inferred), (explicit, g_explicit), (sort, g_sort) = results
+    torch.testing.assert_close(inferred, explicit, **F64)
+    torch.testing.assert_close(g_inferred, g_explicit, **F64)
+    torch.testing.assert_close(inferred, sort, **F64)
+    torch.testing.assert_close(g_inferred, g_sort, atol=1e-9, rtol=1e-8)
+    torch.testing.assert_close(inferred, ref_loss(features.detach(), labels, 0.2, similarity,
+                                                  "none"), **F64)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0, 2.0]),  # floats holding whole numbers
+        torch.tensor([[0.0], [1.0], [2.0], [1.0], [0.0], [2.0]], dtype=torch.float64),
+        torch.tensor([[0, 1], [1, 0], [2, 2], [0, 0], [3, 1], [1, 1]]),  # (N, L): L1 distance
+        torch.tensor([True, False, True, True, False, False]),
+        torch.tensor([0, 500, 3, 129, 3, 0]),  # a span over _MAX_INFERRED_GROUPS
+    ],
+    ids=["float_whole", "float64_column", "int_2d", "bool", "wide_span"],
+)
+def test_labels_that_stay_on_the_continuous_kernel(labels, kernel_calls):
+    features = randn(labels.shape[0], 3)
+    got = loss_fn(features, labels, reduction="none")
+    assert kernel_calls == [("continuous", None)]
+    torch.testing.assert_close(got, ref_loss(features, labels, 0.1, "l2", "none"), **F64)
+
+
+def test_wide_span_limit_is_inclusive(kernel_calls):
+    from dirloss.functional import _MAX_INFERRED_GROUPS
+
+    labels = torch.tensor([5, 5 + _MAX_INFERRED_GROUPS - 1, 40, 5])
+    loss_fn(randn(4, 3), labels)
+    loss_fn(randn(4, 3), labels + torch.tensor([0, 1, 0, 0]))
+    assert kernel_calls == [("grouped", _MAX_INFERRED_GROUPS), ("continuous", None)]
+
+
+def test_negative_labels_raise_with_num_groups_and_shift_without(kernel_calls):
+    labels = torch.tensor([-1, 0, 2, 1, -1, 2])
+    features = randn(6, 3)
+    with pytest.raises(ValueError, match=r"expected labels in \[0, 4\).* got 2 of 6"):
+        loss_fn(features, labels, num_groups=4)
+    torch.testing.assert_close(
+        loss_fn(features, labels, reduction="none"),
+        loss_fn(features, labels + 1, num_groups=4, reduction="none"), **F64,
+    )
+    assert kernel_calls == [("grouped", 4), ("grouped", 4)]
+
+
+def test_inferred_groups_keep_chunk_size_tied_to_num_groups():
+    # chunk_size still needs num_groups: without it a traced call (or a wide span) would run
+    # the continuous kernel, which is not chunked.
+    with pytest.raises(ValueError, match="num_groups when chunk_size is set"):
+        loss_fn(randn(4, 3), torch.tensor([0, 1, 1, 0]), chunk_size=2)
+    with pytest.raises(ValueError, match="num_groups when chunk_size is set"):
+        GroupContrastiveLoss(chunk_size=2)
+
+
+def test_module_without_num_groups_equals_num_groups_max_plus_one():
+    labels = torch.tensor([0, 3, 1, 1, 6, 2, 0, 6, 5])
+    features = randn(9, 8)
+    torch.testing.assert_close(
+        GroupContrastiveLoss()(features, labels),
+        GroupContrastiveLoss(num_groups=7)(features, labels), **F64,
+    )
+
+
+# Under torch.compile the host read would break fullgraph=True: a traced call keeps the
+# continuous kernel (the same loss), so the compiled module matches the eager fused one.
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_fullgraph_integer_labels_without_num_groups(backend):
+    torch._dynamo.reset()
+    module = GroupContrastiveLoss(temperature=0.2)
+    compiled = torch.compile(module, fullgraph=True, backend=backend)
+    labels = torch.tensor([0, 1, 2, 2, 0, 3, 1, 3])
+    features = torch.randn(8, 5, requires_grad=True)
+    eager = module(features, labels)
+    (g_eager,) = torch.autograd.grad(eager, features)
+    got = compiled(features, labels)
+    (g_got,) = torch.autograd.grad(got, features)
+    torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_got, g_eager, atol=1e-5, rtol=1e-5)
+
+
+def test_inferred_groups_read_the_host_once(device):
+    if device.type != "cuda":
+        pytest.skip("CUDA-only check (a CPU read is not a device sync)")
+    features = torch.randn(64, 16, device=device, requires_grad=True)
+    labels = torch.randint(0, G, (64,), device=device)
+    module = GroupContrastiveLoss()
+    module(features, labels).backward()  # warm-up: level tables cached
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            loss = module(features, labels)
+            loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in record if "synchroniz" in str(w.message)]) == 1
+    assert torch.isfinite(loss).item()

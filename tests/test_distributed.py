@@ -10,7 +10,8 @@ The equalities, with :math:`N` the global batch, :math:`n_r` rank ``r``'s batch 
 :math:`W = 2` ranks, and the gathered features send each rank the gradient of every rank's
 loss, so the DDP gradient is :math:`\nabla \frac{1}{W} \sum_r L_r`:
 
-Integer labels run the fused kernel (also chunked), float labels the continuous one.
+Integer labels run the fused kernel (also chunked, and with G inferred from the gathered
+labels when ``num_groups`` is not given), float labels the continuous one.
 
 * ``reduction="none"`` (any sizes): the per-anchor losses of the ranks, concatenated, equal
   the single-process per-anchor losses.
@@ -57,6 +58,9 @@ CONTRAST_CASES: Dict[str, Tuple[Tuple[int, ...], str, str, Optional[int]]] = {
     "int-unequal": ((5, 3), "int", "l2", None),
     "int-unequal-chunked": ((5, 3), "int", "l2", 2),
     "float-unequal": ((5, 3), "float", "cosine", None),
+    # No num_groups: G must come from the global labels (3..7, G = 5), not from rank 1's
+    # local 4..5, or rank 1 would clamp / shift the contrast set differently.
+    "int-inferred-unequal": ((5, 3), "int-inferred", "l2", None),
 }
 DIR_SIZES = (4, 4)
 
@@ -76,6 +80,8 @@ def _batch(sizes: Tuple[int, ...], kind: str, seed: int = 1) -> Tuple[Tensor, Te
     x = torch.randn(n, IN, generator=g, dtype=torch.float64)
     if kind == "int":  # few groups for 8 samples: ties across ranks
         return x, torch.randint(0, GROUPS, (n,), generator=g)
+    if kind == "int-inferred":  # rank 0 (5 rows) spans 3..7, rank 1 (3 rows) only 4..5
+        return x, torch.tensor([3, 7, 5, 4, 6, 5, 4, 5])
     # Real labels with a few exact ties (multiples of 0.25).
     return x, (torch.rand(n, generator=g, dtype=torch.float64) * 8).round() / 4
 
@@ -347,7 +353,7 @@ def test_check_binner_consistent_reports_num_groups_mismatch(ranks: List[Dict[st
 # Without a process group (this process): the flag changes nothing.
 
 
-@pytest.mark.parametrize("kind", ["int", "float"])
+@pytest.mark.parametrize("kind", ["int", "int-inferred", "float"])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_flag_without_process_group_is_identical(kind: str, reduction: str) -> None:
     assert not is_distributed()
