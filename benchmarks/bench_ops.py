@@ -53,10 +53,17 @@ MIN_TIMED_S = 0.5  # fast cases repeat until about this much time is timed (full
 
 # ---------------------------------------------------------------------------- the cases
 def contrastive_step(impl: str, n: int, d: int, device: str, chunk: int = 0) -> Callable[[], None]:
-    """Forward + backward of one contrastive variant on fresh random features."""
+    """Forward + backward of one contrastive variant on fresh random features.
+
+    ``dirloss`` passes ``num_groups``; ``dirloss-default`` is the call users write first,
+    ``group_contrastive_loss(features, groups)`` on the same integer groups (G inferred from
+    the batch, one host read); ``continuous`` gives real-valued labels (uniform, no ties):
+    the sort kernel of Rank-N-Contrast-style use.
+    """
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(n, d, generator=gen).to(device).requires_grad_()
     groups = torch.randint(0, NUM_GROUPS, (n,), generator=gen).to(device)
+    real_labels = torch.rand(n, generator=gen).to(device)
 
     def floor() -> Tensor:
         z = F.normalize(features, dim=1)
@@ -68,10 +75,17 @@ def contrastive_step(impl: str, n: int, d: int, device: str, chunk: int = 0) -> 
             features, groups, num_groups=NUM_GROUPS, chunk_size=chunk or None
         )
 
+    def default() -> Tensor:
+        return group_contrastive_loss(features, groups)
+
+    def continuous() -> Tensor:
+        return group_contrastive_loss(features, real_labels)
+
     def loop() -> Tensor:
         return rnc_column_loop(features, groups, DEFAULT_TEMPERATURE)
 
-    fn = {"floor": floor, "dirloss": ours, "rnc-loop": loop}[impl.replace("+compile", "")]
+    fn = {"floor": floor, "dirloss": ours, "dirloss-default": default, "continuous": continuous,
+          "rnc-loop": loop}[impl.replace("+compile", "")]
     if impl.endswith("+compile"):
         fn = torch.compile(fn, fullgraph=True)
 
@@ -274,7 +288,9 @@ def measure_memory(case: Dict) -> float:
 def plan(quick: bool, device: str) -> List[Dict]:
     sizes = [64, 256] if quick else [64, 256, 1024, 2048, 4096]
     dims = [128] if quick else [128, 512]
-    impls = ["dirloss", "floor", "rnc-loop"] + ([] if quick else ["dirloss+compile", "floor+compile"])
+    impls = ["dirloss", "floor", "rnc-loop", *CONTRAST_EXTRA] + (
+        [] if quick else ["dirloss+compile", "floor+compile"]
+    )
     cases = [
         {"op": "contrastive", "impl": impl, "n": n, "d": d, "device": device}
         for d in dims for n in sizes for impl in impls
@@ -310,6 +326,10 @@ def loop_skip_reason(case: Dict, timed: Dict[tuple, Dict]) -> str:
 
 
 BASELINE_LOOPS = ("rnc-loop", "loop")  # Python loops: timed alone, they churn the caches
+# Contrastive rows beside the main table (issue 12): the default call without num_groups and
+# the continuous-label (sort) kernel, timed in alternation with dirloss and the floor.
+CONTRAST_EXTRA = ("dirloss-default", "continuous")
+EAGER_MEASURED = ("dirloss", "floor", "mse", "group-dir", *CONTRAST_EXTRA)  # peak memory rows
 
 
 def _repeats(case: Dict, quick: bool) -> "tuple[int, int]":
@@ -346,7 +366,7 @@ def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
             row.update(time_case(row, 1, 3, min_total_s))
             timed[(row["op"], row["impl"], row.get("n"), row.get("d"))] = row
     for row in tqdm(rows, desc="memory") if memory else []:
-        eager = row["impl"] in ("dirloss", "floor", "mse", "group-dir")
+        eager = row["impl"] in EAGER_MEASURED
         if row["op"] in ("contrastive", "train_step") and eager:
             keys = ("op", "impl", "n", "d", "model", "device", "chunk")
             row["peak_extra_mb"] = measure_memory({k: row[k] for k in keys if k in row})
@@ -364,7 +384,8 @@ def _fmt(row: Dict) -> str:
 
 def tables(rows: List[Dict]) -> str:
     out = []
-    contrast = [r for r in rows if r["op"] == "contrastive" and not r.get("memory_only")]
+    every = [r for r in rows if r["op"] == "contrastive" and not r.get("memory_only")]
+    contrast = [r for r in every if r["impl"] not in CONTRAST_EXTRA]
     impls = sorted({r["impl"] for r in contrast}, key=["dirloss", "floor", "rnc-loop",
                    "dirloss+compile", "floor+compile"].index)
     out.append("### GroupContrastiveLoss forward+backward, ms: median (IQR)\n")
@@ -383,6 +404,7 @@ def tables(rows: List[Dict]) -> str:
         if r.get("memory_only"):
             out.append(f"\nChunked (chunk_size={r['chunk']}) N={r['n']}, D={r['d']}: peak extra "
                        f"memory {r.get('peak_extra_mb', float('nan')):.0f} MB")
+    out += extra_contrast_table(every)
     for op, title in (("soft_label", "DescendingSoftLabelLoss vs per-sample loop"),
                       ("head", "MultiExpertHead vs nn.Linear(512, 1)"),
                       ("train_step", "One training step (batch 256)")):
@@ -400,6 +422,67 @@ def tables(rows: List[Dict]) -> str:
                 mem = f"{r['peak_extra_mb']:.0f}" if "peak_extra_mb" in r else "-"
                 out.append(f"| {key} | {r['impl']} | {_fmt(r)} | {r['median_ms'] / base:.3f}x | {mem} |")
     return "\n".join(out)
+
+
+def _n2_floats(row: Dict) -> str:
+    """Peak extra memory in units of N^2 float32 values (the unit of issue 12's targets)."""
+    if "peak_extra_mb" not in row:
+        return "-"
+    return f"{row['peak_extra_mb'] * 2**20 / (4 * row['n'] ** 2):.1f}"
+
+
+def extra_contrast_table(contrast: List[Dict]) -> List[str]:
+    """The default call (no num_groups) and the continuous kernel, against dirloss with
+    num_groups and the floor of the same size (timed in alternation with them)."""
+    keyed = {(r["impl"], r["n"], r["d"]): r for r in contrast}
+    sizes = sorted({(r["d"], r["n"]) for r in contrast if r["impl"] in CONTRAST_EXTRA})
+    if not sizes:
+        return []
+    out = ["\n### Default call and continuous labels, forward+backward, ms: median (IQR)\n",
+           "`dirloss-default`: `group_contrastive_loss(features, groups)`, integer groups "
+           "without `num_groups`; `continuous`: real-valued labels (the sort kernel).\n",
+           "| D | N | dirloss-default | continuous | default vs floor | continuous vs dirloss "
+           "| peak MB (default / continuous) | peak N^2 floats (default / continuous) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for d, n in sizes:
+        get = lambda impl: keyed.get((impl, n, d), {})  # noqa: E731
+        default, cont = get("dirloss-default"), get("continuous")
+        ratio = lambda a, b: f"{a['median_ms'] / b['median_ms']:.2f}x" if "median_ms" in a and "median_ms" in b else "-"  # noqa: E731
+        mem = " / ".join(f"{r['peak_extra_mb']:.0f}" if "peak_extra_mb" in r else "-"
+                         for r in (default, cont))
+        out.append(f"| {d} | {n} | {_fmt(default)} | {_fmt(cont)} | {ratio(default, get('floor'))} "
+                   f"| {ratio(cont, get('dirloss'))} | {mem} | {_n2_floats(default)} / "
+                   f"{_n2_floats(cont)} |")
+    return out
+
+
+def issue_targets(rows: List[Dict]) -> List[str]:
+    """Issue 12's done-when ratios from this run's rows ("-" where a size was not run)."""
+    keyed = {(r["op"], r["impl"], r.get("n"), r.get("d"), r.get("model")): r for r in rows
+             if not r.get("memory_only")}
+
+    def get(impl: str, n: int, d: int) -> Dict:
+        return keyed.get(("contrastive", impl, n, d, None), {})
+
+    def ratio(a: Dict, b: Dict) -> str:
+        return f"{a['median_ms'] / b['median_ms']:.2f}x" if "median_ms" in a and "median_ms" in b else "-"
+
+    out = ["\n### Issue 12 targets (this run)\n", "| target | limit | measured |", "|---|---|---|"]
+    for n in (256, 1024, 2048):
+        out.append(f"| default call vs floor, N={n}, D=512 | <= 1.5x "
+                   f"| {ratio(get('dirloss-default', n, 512), get('floor', n, 512))} |")
+    out.append(f"| default call peak memory, N=4096, D=128 | <= 4 N^2 floats "
+               f"| {_n2_floats(get('dirloss-default', 4096, 128))} |")
+    out.append(f"| continuous vs integer kernel, N=1024, D=512 | <= 2.5x "
+               f"| {ratio(get('continuous', 1024, 512), get('dirloss', 1024, 512))} |")
+    out.append(f"| continuous peak memory, N=4096, D=128 | <= 8 N^2 floats "
+               f"| {_n2_floats(get('continuous', 4096, 128))} |")
+    out.append(f"| integer kernel vs floor, N=256, D=128 | <= 1.1x "
+               f"| {ratio(get('dirloss', 256, 128), get('floor', 256, 128))} |")
+    mse = keyed.get(("train_step", "mse", None, None, "mlp"), {})
+    group_dir = keyed.get(("train_step", "group-dir", None, None, "mlp"), {})
+    out.append(f"| MLP step, GroupDIRLoss vs MSE, eager | <= 1.5x | {ratio(group_dir, mse)} |")
+    return out
 
 
 def machine() -> Dict[str, str]:
@@ -434,7 +517,7 @@ def main() -> None:
     start = time.perf_counter()
     cases = [c for c in plan(args.quick, args.device) if not args.ops or c["op"] in args.ops]
     rows = run(cases, args.quick, memory=not args.no_memory)
-    report = tables(rows)
+    report = tables(rows) + "\n" + "\n".join(issue_targets(rows))
     print(report)
     out = args.out or RESULTS / f"ops-{args.device}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
