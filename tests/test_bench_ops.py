@@ -59,6 +59,15 @@ def test_default_call_takes_the_fused_kernel_memory_budget():
     assert n_squared_mb <= peak_mb <= 4 * n_squared_mb
 
 
+def test_continuous_kernel_memory_budget():
+    # issue 12: the sort kernel within 8 N^2 floats (it keeps one (N, N) table for backward
+    # and sorts in row blocks; ~17 N^2 before)
+    case = {"op": "contrastive", "impl": "continuous", "n": 4096, "d": 16, "device": "cpu"}
+    peak_mb = bench_ops.measure_memory(case)
+    n_squared_mb = 4096**2 * 4 / 2**20
+    assert n_squared_mb <= peak_mb <= 8 * n_squared_mb
+
+
 def test_issue_targets_read_the_rows_they_name():
     def row(impl, n, d, ms, **kw):
         return {"op": "contrastive", "impl": impl, "n": n, "d": d, "median_ms": ms,

@@ -337,6 +337,53 @@ def test_chunked_fused_kernel_matches_unchunked(chunk_size):
     torch.testing.assert_close(g_chunk, g_full, **F64)
 
 
+# The continuous kernel runs in row blocks of _CONTINUOUS_BLOCK pair entries; forced down to a
+# few rows a block, it must give the same losses and gradients (ties across block borders).
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("name", ["float_ties", "float_2d"])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_blocked_continuous_kernel_matches_one_block(monkeypatch, similarity, name, rows):
+    labels = FLOAT_LABELS[name].double()
+    n = labels.shape[0]
+    features = randn(n, 4, requires_grad=True)
+    weight = randn(n)
+    kw = {"similarity": similarity, "temperature": 0.2, "reduction": "none"}
+    whole = loss_fn(features, labels, **kw)
+    (g_whole,) = torch.autograd.grad((whole * weight).sum(), features)
+    monkeypatch.setattr(_contrastive, "_CONTINUOUS_BLOCK", rows * n)
+    blocked = loss_fn(features, labels, **kw)
+    (g_blocked,) = torch.autograd.grad((blocked * weight).sum(), features)
+    torch.testing.assert_close(blocked, whole, **F64)
+    torch.testing.assert_close(g_blocked, g_whole, **F64)
+
+
+# Anchors that are a slice of the contrast set (a rank's rows under DDP), in blocks: the
+# values and the gradient (to anchors and contrast samples alike) of the loop.
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+def test_continuous_kernel_with_offset_anchors_matches_loop(monkeypatch, similarity):
+    labels = FLOAT_LABELS["float_ties"].double()[:, None]
+    n, offset, n_anchors = labels.shape[0], 2, 5
+    features = randn(n, 3, requires_grad=True)
+    weight = randn(n_anchors)
+    monkeypatch.setattr(_contrastive, "_CONTINUOUS_BLOCK", 2 * n)  # blocks of 2 rows
+    got = _contrastive.continuous(features, labels, offset, n_anchors, similarity, 0.3)
+    (g_got,) = torch.autograd.grad((got * weight).sum(), features)
+    ref_features = features.detach().clone().requires_grad_()
+    expected = ref_loss(ref_features, labels, 0.3, similarity, "none")[offset:offset + n_anchors]
+    (g_exp,) = torch.autograd.grad((expected * weight).sum(), ref_features)
+    torch.testing.assert_close(got, expected.detach(), **F64)
+    torch.testing.assert_close(g_got, g_exp, atol=1e-9, rtol=1e-8)
+
+
+def test_continuous_kernel_backward_twice_with_retain_graph():
+    # backward reads the saved gradient table without changing it
+    features = randn(7, 3, requires_grad=True)
+    loss = loss_fn(features, FLOAT_LABELS["float_distinct"].double())
+    (first,) = torch.autograd.grad(loss, features, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, features)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Module, reductions and argument checks
 # ---------------------------------------------------------------------------------------------
