@@ -101,6 +101,8 @@ except ImportError:  # tqdm is optional: no progress bars without it
 
 
 __all__ = [
+    "ALL_METHODS",
+    "EXTRA_METHODS",
     "METHODS",
     "FinetuneConfig",
     "build_cache",
@@ -117,6 +119,15 @@ METHODS: Dict[str, str] = {
     "dirloss": "dirloss defaults",
 }
 """Method key -> label, in table order."""
+
+EXTRA_METHODS: Dict[str, str] = {
+    "dirloss-share0": "dirloss, expert_share 0",
+}
+"""Variants run only on request (``--methods``), for checks on the dev split: the defaults
+with sharp experts (``GroupDIRLoss(binner, expert_share=0)``), the alternative that
+docs/guide.md suggests trying on STS-B-DIR."""
+
+ALL_METHODS: Dict[str, str] = {**METHODS, **EXTRA_METHODS}
 
 DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results" / "finetune"
 DEFAULT_PLOT = REPO_ROOT / "docs" / "img" / "finetune-per-bin.png"
@@ -412,8 +423,8 @@ def run_one(
     position: int = 0,
 ) -> Dict[str, Any]:
     """Fine-tune ``method`` with ``seed``; return its result record (metrics in score units)."""
-    if method not in METHODS:
-        raise ValueError(f"expected a method in {tuple(METHODS)}, got {method!r}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"expected a method in {tuple(ALL_METHODS)}, got {method!r}")
     torch.set_num_threads(threads)
     start = time.perf_counter()
     cache = torch.load(cache_path, map_location="cpu", mmap=True, weights_only=True)
@@ -433,11 +444,13 @@ def run_one(
 
     binner: Optional[GroupBinner] = None
     head: nn.Module = fc
-    if method in ("group-dir", "dirloss"):
+    library = method in ("dirloss", "dirloss-share0")  # the library's recipe (+ a variant)
+    if method == "group-dir" or library:
         binner = GroupBinner(config.num_groups).fit(y_train)
-        if method == "dirloss":
+        if library:
             head = MultiExpertHead.from_linear(fc, config.num_groups)
-            criterion: nn.Module = GroupDIRLoss(binner)
+            share = {"expert_share": 0.0} if method == "dirloss-share0" else {}
+            criterion: nn.Module = GroupDIRLoss(binner, **share)
         else:
             head = MultiExpertHead.from_linear(fc, config.num_groups, residual=False, inference="argmax")
             criterion = GroupDIRLoss.paper(binner, lambda_mse=config.paper_lambda_mse)
@@ -525,7 +538,7 @@ def run_one(
     inference: Dict[str, Any] = {}
     if isinstance(head, MultiExpertHead):
         head.eval()
-        if method == "dirloss":  # the library's rule, on the dev split
+        if library:  # the library's rule, on the dev split
             with torch.no_grad():
                 choice = select_inference(head, feats["val"], (data["val"].y - mean) / std, binner)
             inference = {"inference": choice.inference, "tau": choice.tau, "rule": "select_inference on dev",
@@ -536,7 +549,7 @@ def run_one(
             val_groups = binner((data["val"].y - mean) / std)
             inference["val_group_accuracy"] = float((head(feats["val"]).logits.argmax(1) == val_groups).double().mean())
     result = {
-        "method": method, "label": METHODS[method], "seed": seed, "config": config.as_dict(),
+        "method": method, "label": ALL_METHODS[method], "seed": seed, "config": config.as_dict(),
         "target_mean": mean, "target_std": std,
         "counts": {s: len(data[s]) for s in SPLITS},
         "train_counts": np.bincount(_score_bins(labels["train"]), minlength=50).tolist(),
@@ -645,7 +658,7 @@ def load_results(out_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
     for path in sorted(out_dir.glob("*-seed*.json")):
         r = json.loads(path.read_text())
         found.setdefault(r["method"], []).append(r)
-    return {m: sorted(found[m], key=lambda r: r["seed"]) for m in METHODS if m in found}
+    return {m: sorted(found[m], key=lambda r: r["seed"]) for m in ALL_METHODS if m in found}
 
 
 def _value(r: Mapping[str, Any], key: str, split: str = "test") -> float:
@@ -707,20 +720,20 @@ def summarize(out_dir: Path, plot: Optional[Path] = DEFAULT_PLOT) -> str:
     lines += ["", "| method | n | " + " | ".join(c.replace("_", " ").replace("medium", "med.") for c in COLUMNS) + " | bMAE | minutes |",
               "|---|---:|" + "---:|" * (len(COLUMNS) + 2)]
     for m, rs in results.items():
-        row = f"| {METHODS[m]} | {len(rs)} | " + " | ".join(_fmt([_value(r, c) for r in rs]) for c in COLUMNS)
+        row = f"| {ALL_METHODS[m]} | {len(rs)} | " + " | ".join(_fmt([_value(r, c) for r in rs]) for c in COLUMNS)
         row += f" | {_fmt([r['test']['bmae'] for r in rs])} | {_fmt([r['seconds'] / 60 for r in rs], 1)} |"
         lines.append(row)
     lines += ["", "Dev split (`dev_new.tsv`), the same models:", "",
               "| method | MSE all | MSE few | MAE all | MAE few | Pearson |", "|---|---:|---:|---:|---:|---:|"]
     for m, rs in results.items():
-        lines.append(f"| {METHODS[m]} | " + " | ".join(_fmt([_value(r, c, 'val') for r in rs]) for c in ("all_mse", "few_mse", "all_mae", "few_mae", "pearson")) + " |")
+        lines.append(f"| {ALL_METHODS[m]} | " + " | ".join(_fmt([_value(r, c, 'val') for r in rs]) for c in ("all_mse", "few_mse", "all_mae", "few_mae", "pearson")) + " |")
     if "dirloss" in results:
         picks = [f"seed {r['seed']}: {r['inference']['inference']}, tau {r['inference']['tau']:g}" for r in results["dirloss"]]
         lines += ["", "dirloss inference picked on dev by `select_inference`: " + "; ".join(picks) + "."]
-    for m in ("group-dir", "dirloss"):
+    for m in ("group-dir", "dirloss", "dirloss-share0"):
         if m in results:
             acc = [r["inference"].get("val_group_accuracy", float("nan")) for r in results[m]]
-            lines.append(f"{METHODS[m]}: dev group accuracy {_fmt(acc)}.")
+            lines.append(f"{ALL_METHODS[m]}: dev group accuracy {_fmt(acc)}.")
     if "dirloss" in results:
         lines += ["", "## dirloss against each method (paired by seed)", "",
                   "\"beats\" / \"loses to\": better / worse on every seed and by at least 1 % of the other's mean; "
@@ -740,7 +753,7 @@ def summarize(out_dir: Path, plot: Optional[Path] = DEFAULT_PLOT) -> str:
                 word, rel = verdict([_value(ours[s], c) for s in common], [_value(other[s], c) for s in common],
                                     higher_is_better=c == "pearson")
                 cells.append(f"{word} ({rel:+.1%})")
-            lines.append(f"| {METHODS[m]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {ALL_METHODS[m]} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out_dir / "summary.md").write_text(text)
     if plot is not None:
@@ -770,10 +783,12 @@ def _plot(results: Mapping[str, List[Dict[str, Any]]], path: Path) -> None:
         with warnings.catch_warnings():  # a bin without test pairs (subset runs) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             per_bin = np.nanmean(np.asarray([r["test"]["per_bin_mse"] for r in rs], dtype=np.float64), axis=0)
-        ax.plot(centres, per_bin, marker=".", lw=1.4 if m == "dirloss" else 1.0,
-                label=f"{METHODS[m]} (MSE {np.mean([r['test']['all']['mse'] for r in rs]):.3f})")
+        valid = ~np.isnan(per_bin)  # bins without test pairs are skipped, not gaps
+        ax.plot(centres[valid], per_bin[valid], marker=".", lw=1.8 if m == "dirloss" else 0.9,
+                label=f"{ALL_METHODS[m]} (MSE {np.mean([r['test']['all']['mse'] for r in rs]):.3f})")
     ax.set_ylabel("test MSE per 0.1 bin")
-    ax.set_title(f"STS-B-DIR, fine-tuned MiniLM cross-encoder, mean over {len(next(iter(results.values())))} seed(s); grey: few-shot bins")
+    ax.set_title(f"STS-B-DIR, fine-tuned MiniLM cross-encoder, mean over {len(next(iter(results.values())))} seed(s); "
+                 "grey: few-shot bins", fontsize=10)
     ax.legend(fontsize=8)
     train_counts = next(iter(results.values()))[0].get("train_counts")
     if train_counts is not None:
@@ -796,7 +811,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "the paper's Group-DIR and the dirloss defaults, same start, data order and budget.",
     )
     d = FinetuneConfig()
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="methods to run (default all)")
+    parser.add_argument("--methods", nargs="+", choices=list(ALL_METHODS), default=list(METHODS),
+                        help=f"methods to run (default {' '.join(METHODS)}; {', '.join(EXTRA_METHODS)} on request)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
     parser.add_argument("--top-layers", type=int, default=d.top_layers, help=f"transformer layers fine-tuned; the rest are cached (default {d.top_layers})")
