@@ -159,8 +159,7 @@ class _GroupContrast(torch.autograd.Function):
     ) -> Tensor:
         # The anchors are a slice of the contrast set, passed once (compile needs distinct
         # inputs); their gradient is folded back into that slice in backward.
-        norm = torch.linalg.vector_norm(x_c, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
-        z_c = x_c / norm
+        z_c, norm = _normalise(x_c)
         one_hot = torch.zeros(z_c.shape[0], num_groups, dtype=z_c.dtype, device=z_c.device)
         one_hot.scatter_(1, y_c[:, None], 1.0)
         linear = 2.0 / temperature <= _LINEAR_LOGIT_RANGE.get(z_c.dtype, 0.0)
@@ -199,10 +198,23 @@ class _GroupContrast(torch.autograd.Function):
                 g = _grad_rows(s, y_c[lo:hi], table[rows], grad[rows], lo, *tables)
                 grad_z.addmm_(g.T, z_c[lo:hi])
                 grad_z[lo:hi].addmm_(g, z_c)
-        # z = x / |x|  =>  dx = (dz - z <z, dz>) / |x|. A zero row (|x| clamped at eps) has
-        # z = 0, so it gets dz / eps, as through F.normalize.
-        along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None]
-        return grad_z.sub_(z_c * along).div_(norm), None, None, None, None, None, None, None
+        return _normalise_backward(z_c, norm, grad_z), None, None, None, None, None, None, None
+
+
+def _normalise(x_c: Tensor) -> "tuple[Tensor, Tensor]":
+    """``z = x / |x|`` row-wise and the clamped norms (N, 1), as F.normalize computes them."""
+    norm = torch.linalg.vector_norm(x_c, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
+    return x_c / norm, norm
+
+
+def _normalise_backward(z_c: Tensor, norm: Tensor, grad_z: Tensor) -> Tensor:
+    """The gradient w.r.t. x from the gradient w.r.t. z (``grad_z`` is overwritten).
+
+    z = x / |x|  =>  dx = (dz - z <z, dz>) / |x|. A zero row (|x| clamped at eps) has
+    z = 0, so it gets dz / eps, as through F.normalize.
+    """
+    along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None]
+    return grad_z.sub_(z_c * along).div_(norm)
 
 
 def _plus_transpose(g: Tensor) -> Tensor:
@@ -364,8 +376,7 @@ class _Continuous(torch.autograd.Function):
         kind: str,
         temperature: float,
     ) -> Tensor:
-        norm = torch.linalg.vector_norm(x_c, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
-        z_c = x_c / norm
+        z_c, norm = _normalise(x_c)
         rows = max(1, _CONTINUOUS_BLOCK // max(z_c.shape[0], 1))
         chunks = _chunks(offset, n_anchors, rows)
         loss = z_c.new_empty(n_anchors)
@@ -389,8 +400,7 @@ class _Continuous(torch.autograd.Function):
             grad_z = g.T @ z_c[offset : offset + n]
             grad_z[offset : offset + n].addmm_(g, z_c)
         del g
-        along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None]
-        return grad_z.sub_(z_c * along).div_(norm), None, None, None, None, None
+        return _normalise_backward(z_c, norm, grad_z), None, None, None, None, None
 
 
 def _continuous_rows(
