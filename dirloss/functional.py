@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _contrastive
+from . import _contrastive, _continuous
 from ._validation import (
     check_group_range,
     check_group_targets,
@@ -588,4 +588,4 @@ def _contrast_means(
             return _contrastive.grouped(
                 x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size
             )
-        return _contrastive.continuous(x, y, offset, n_anchors, similarity, temperature)
+        return _continuous.continuous(x, y, offset, n_anchors, similarity, temperature)

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirloss import GroupContrastiveLoss, _contrastive
+from dirloss import GroupContrastiveLoss, _contrastive, _continuous
 from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -350,7 +350,7 @@ def test_blocked_continuous_kernel_matches_one_block(monkeypatch, similarity, na
     kw = {"similarity": similarity, "temperature": 0.2, "reduction": "none"}
     whole = loss_fn(features, labels, **kw)
     (g_whole,) = torch.autograd.grad((whole * weight).sum(), features)
-    monkeypatch.setattr(_contrastive, "_CONTINUOUS_BLOCK", rows * n)
+    monkeypatch.setattr(_continuous, "_CONTINUOUS_BLOCK", rows * n)
     blocked = loss_fn(features, labels, **kw)
     (g_blocked,) = torch.autograd.grad((blocked * weight).sum(), features)
     torch.testing.assert_close(blocked, whole, **F64)
@@ -365,8 +365,8 @@ def test_continuous_kernel_with_offset_anchors_matches_loop(monkeypatch, similar
     n, offset, n_anchors = labels.shape[0], 2, 5
     features = randn(n, 3, requires_grad=True)
     weight = randn(n_anchors)
-    monkeypatch.setattr(_contrastive, "_CONTINUOUS_BLOCK", 2 * n)  # blocks of 2 rows
-    got = _contrastive.continuous(features, labels, offset, n_anchors, similarity, 0.3)
+    monkeypatch.setattr(_continuous, "_CONTINUOUS_BLOCK", 2 * n)  # blocks of 2 rows
+    got = _continuous.continuous(features, labels, offset, n_anchors, similarity, 0.3)
     (g_got,) = torch.autograd.grad((got * weight).sum(), features)
     ref_features = features.detach().clone().requires_grad_()
     expected = ref_loss(ref_features, labels, 0.3, similarity, "none")[offset:offset + n_anchors]
@@ -836,7 +836,7 @@ def test_cuda_fused_kernel_has_no_host_sync(device, similarity, chunk_size):
 def kernel_calls(monkeypatch):
     """The kernels each call ran: ("grouped", G) or ("continuous", None), in order."""
     calls = []
-    grouped, continuous = _contrastive.grouped, _contrastive.continuous
+    grouped, continuous = _contrastive.grouped, _continuous.continuous
 
     def spy_grouped(x_c, y_c, offset, n_anchors, num_groups, *args, **kw):
         calls.append(("grouped", num_groups))
@@ -847,7 +847,7 @@ def kernel_calls(monkeypatch):
         return continuous(*args, **kw)
 
     monkeypatch.setattr(_contrastive, "grouped", spy_grouped)
-    monkeypatch.setattr(_contrastive, "continuous", spy_continuous)
+    monkeypatch.setattr(_continuous, "continuous", spy_continuous)
     return calls
 
 
