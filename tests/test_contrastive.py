@@ -272,6 +272,27 @@ def test_linear_and_log_space_forwards_agree(monkeypatch, similarity, temperatur
                                                 "none"), **F64)
 
 
+# The same for the continuous kernel (runs of equal distance summed in linear or log space),
+# with ties on both sides of an anchor and (N, L) labels.
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
+@pytest.mark.parametrize("similarity", SIMILARITIES)
+@pytest.mark.parametrize("name", ["float_ties", "float_distinct", "float_2d"])
+def test_continuous_linear_and_log_space_agree(monkeypatch, name, similarity, temperature):
+    labels = FLOAT_LABELS[name].double()
+    features = randn(labels.shape[0], 4, requires_grad=True)
+    weight = randn(labels.shape[0])
+    kw = {"temperature": temperature, "similarity": similarity, "reduction": "none"}
+    linear = loss_fn(features, labels, **kw)
+    (g_linear,) = torch.autograd.grad((linear * weight).sum(), features)
+    monkeypatch.setitem(_contrastive._LINEAR_LOGIT_RANGE, torch.float64, 0.0)
+    log_space = loss_fn(features, labels, **kw)
+    (g_log,) = torch.autograd.grad((log_space * weight).sum(), features)
+    torch.testing.assert_close(linear, log_space, **F64)
+    torch.testing.assert_close(g_linear, g_log, **F64)
+    torch.testing.assert_close(linear, ref_loss(features, labels, temperature, similarity,
+                                                "none"), **F64)
+
+
 # Duplicated samples: the squared distance between them is clamped at eps, where the
 # gradient of the distance is 0 (as autograd through the loop gives at a zero difference);
 # only the clamped pairs are cut off, the other pairs of those samples still count.
