@@ -48,6 +48,7 @@ LOOP_BUDGET_S = 60.0  # skip the O(n^3) loop where one forward+backward would ex
 # The loop's autograd graph keeps one n x (n - 1) float mask per column: O(n^3) memory
 # (34 GB at n = 2048, which the 24 GB machine this was written on cannot hold).
 LOOP_MEMORY_BUDGET_GB = 8.0
+SPANS = [16, 64, 128, 256, 512]  # label spans of the "span" op (inferred-groups cutoff)
 MIN_TIMED_S = 0.5  # fast cases repeat until about this much time is timed (full runs)
 
 
@@ -92,6 +93,25 @@ def contrastive_step(impl: str, n: int, d: int, device: str, chunk: int = 0) -> 
     def step() -> None:
         features.grad = None
         fn().backward()
+
+    return step
+
+
+def span_step(impl: str, n: int, d: int, span: int, device: str) -> Callable[[], None]:
+    """Integer labels spanning ``span`` values, through the fused kernel (``grouped``,
+    G = span) or the continuous one (the same values as floats): where the default call's
+    cutoff for inferring G (``_MAX_INFERRED_GROUPS``) belongs."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(n, d, generator=gen).to(device).requires_grad_()
+    labels = torch.randint(0, span, (n,), generator=gen).to(device)
+    reals = labels.float()
+
+    def step() -> None:
+        features.grad = None
+        if impl == "grouped":
+            group_contrastive_loss(features, labels, num_groups=span).backward()
+        else:
+            group_contrastive_loss(features, reals).backward()
 
     return step
 
@@ -194,6 +214,8 @@ def make_step(case: Dict) -> Callable[[], None]:
     kind, device = case["op"], case["device"]
     if kind == "contrastive":
         return contrastive_step(case["impl"], case["n"], case["d"], device, case.get("chunk", 0))
+    if kind == "span":
+        return span_step(case["impl"], case["n"], case["d"], case["span"], device)
     if kind == "soft_label":
         return soft_label_step(case["impl"], case["n"], device)
     if kind == "head":
@@ -298,6 +320,9 @@ def plan(quick: bool, device: str) -> List[Dict]:
     if not quick:
         cases.append({"op": "contrastive", "impl": "dirloss", "n": 16384, "d": 128,
                       "device": device, "chunk": 1024, "memory_only": True})
+    cases += [{"op": "span", "impl": impl, "n": 256 if quick else 1024, "d": 128, "span": span,
+               "device": device}
+              for span in ([16, 256] if quick else SPANS) for impl in ("grouped", "continuous")]
     cases += [{"op": "soft_label", "impl": impl, "n": n, "device": device}
               for n in ([256] if quick else [256, 4096]) for impl in ("dirloss", "loop", "floor")]
     cases += [{"op": "head", "impl": impl, "n": n, "d": 512, "device": device}
@@ -346,7 +371,7 @@ def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
     groups: Dict[tuple, List[Dict]] = {}
     for row in rows:
         if not row.get("memory_only"):
-            key = (row["op"], row.get("n"), row.get("d"), row.get("model"))
+            key = (row["op"], row.get("n"), row.get("d"), row.get("model"), row.get("span"))
             groups.setdefault(key, []).append(row)
     timed: Dict[tuple, Dict] = {}
     min_total_s = 0.0 if quick else MIN_TIMED_S
@@ -405,6 +430,7 @@ def tables(rows: List[Dict]) -> str:
             out.append(f"\nChunked (chunk_size={r['chunk']}) N={r['n']}, D={r['d']}: peak extra "
                        f"memory {r.get('peak_extra_mb', float('nan')):.0f} MB")
     out += extra_contrast_table(every)
+    out += span_table([r for r in rows if r["op"] == "span"])
     for op, title in (("soft_label", "DescendingSoftLabelLoss vs per-sample loop"),
                       ("head", "MultiExpertHead vs nn.Linear(512, 1)"),
                       ("train_step", "One training step (batch 256)")):
@@ -456,6 +482,23 @@ def extra_contrast_table(contrast: List[Dict]) -> List[str]:
     return out
 
 
+def span_table(rows: List[Dict]) -> List[str]:
+    """Fused kernel (G = span) against the continuous kernel, by the labels' span."""
+    if not rows:
+        return []
+    keyed = {(r["impl"], r["span"]): r for r in rows}
+    n, d = rows[0]["n"], rows[0]["d"]
+    out = [f"\n### Integer labels by span: fused kernel (G = span) vs continuous, N={n}, D={d}, "
+           "ms: median (IQR)\n",
+           "| span | grouped | continuous | grouped / continuous |", "|---|---|---|---|"]
+    for span in sorted({r["span"] for r in rows}):
+        grouped, cont = keyed.get(("grouped", span), {}), keyed.get(("continuous", span), {})
+        ratio = (f"{grouped['median_ms'] / cont['median_ms']:.2f}x"
+                 if "median_ms" in grouped and "median_ms" in cont else "-")
+        out.append(f"| {span} | {_fmt(grouped)} | {_fmt(cont)} | {ratio} |")
+    return out
+
+
 def issue_targets(rows: List[Dict]) -> List[str]:
     """Issue 12's done-when ratios from this run's rows ("-" where a size was not run)."""
     keyed = {(r["op"], r["impl"], r.get("n"), r.get("d"), r.get("model")): r for r in rows
@@ -504,8 +547,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    parser.add_argument("--ops", nargs="*", choices=["contrastive", "soft_label", "head", "train_step"],
-                        help="only these ops (contrastive, soft_label, head, train_step)")
+    parser.add_argument("--ops", nargs="*", choices=["contrastive", "span", "soft_label", "head", "train_step"],
+                        help="only these ops (contrastive, span, soft_label, head, train_step)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/ops-<device>.json)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args()

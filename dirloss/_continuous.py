@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._contrastive import (
@@ -125,10 +126,9 @@ def _runs(
     dist.scatter_(1, where[:, None], -1.0)  # the anchor sorts first
     dist, order = dist.sort(dim=1, stable=True)
     # a new run where the distance changes (position 1 always: the anchor is alone at -1)
-    run = torch.zeros_like(order)
-    run[:, 1:] = dist[:, 1:] != dist[:, :-1]
+    run = F.pad(dist[:, 1:] != dist[:, :-1], (1, 0)).cumsum(dim=1)
     del dist
-    return s, torch.empty_like(run).scatter_(1, order, run.cumsum_(dim=1))  # column order
+    return s, torch.empty_like(run).scatter_(1, order, run)  # back to the column order
 
 
 def _continuous_rows(

@@ -25,7 +25,11 @@ def test_quick_run_times_every_case_and_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["command"].startswith("python benchmarks/bench_ops.py --quick")
     rows = report["rows"]
-    assert {r["op"] for r in rows} == {"contrastive", "soft_label", "head", "train_step"}
+    assert {r["op"] for r in rows} == {"contrastive", "span", "soft_label", "head", "train_step"}
+    assert {(r["impl"], r["span"]) for r in rows if r["op"] == "span"} == {
+        (impl, span) for impl in ("grouped", "continuous") for span in (16, 256)
+    }
+    assert "### Integer labels by span" in done.stdout
     contrast = {(r["impl"], r["n"]) for r in rows if r["op"] == "contrastive"}
     impls = ("dirloss", "floor", "rnc-loop", "dirloss-default", "continuous")
     assert contrast == {(i, n) for i in impls for n in (64, 256)}
