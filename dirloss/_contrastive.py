@@ -59,44 +59,58 @@ _NORM_EPS = 1e-12  # as F.normalize
 
 
 class _Levels:
-    """Index tables between groups and distance levels ("l groups away") for G groups.
+    """Tables between groups and distance levels ("l groups away") for G groups.
 
     For an anchor in group ``y`` and per-group values ``p`` (G,), the tail at level ``l`` is
     ``sum_{g : |g - y| >= l} p_g``: the total for ``l = 0``, else the prefix sum up to
     ``y - l`` plus the suffix sum from ``y + l`` (a part outside ``[0, G)`` is empty). One
-    matmul with ``scan`` (G, 2G) gives every prefix and suffix sum; ``tail_index`` (G, 2G)
-    picks the two parts of each level (column ``2G`` is an appended zero). ``level_index``
-    (G, 2G) does the same for the exact level (groups ``y - l`` and ``y + l``; column ``G``
-    is an appended empty value), and ``distance`` is ``|y - g|`` (G, G). O(n G^2) for n
+    matmul with ``scan`` (G, 2G + 1) gives every prefix and suffix sum and a zero (column
+    ``2G``); ``index[y, :2G]`` picks the two parts of each level (the zero for an empty
+    part), and ``index[y, 2G:]`` is the distance ``|y - g|`` (G,) for the way back from
+    levels to groups. ``level_counts`` (G, G^2) turns the group histogram of the contrast
+    set into the count of samples at each (anchor group, level), and ``eye`` (G, G) gives
+    the one-hot rows. ``level_index`` (G, 2G) picks the groups ``y - l`` and ``y + l``
+    (column ``G`` of a padded row for none) for the log-space forward. O(n G^2) for n
     anchors, with no scatter.
     """
 
     def __init__(self, num_groups: int, dtype: torch.dtype, device: torch.device) -> None:
         with torch.inference_mode(False):  # cached: must outlive an inference_mode block
-            groups = torch.arange(num_groups, device=device)
+            g = num_groups
+            groups = torch.arange(g, device=device)
             y, level = groups[:, None], groups[None, :]
-            self.scan = torch.cat([y <= level, y >= level], dim=1).to(dtype)
-            empty = 2 * num_groups
+            zero = torch.zeros(g, 1, dtype=torch.bool, device=device)
+            self.scan = torch.cat([y <= level, y >= level, zero], dim=1).to(dtype)
+            empty = 2 * g
             below = torch.where(y >= level, y - level, empty)
-            above = torch.where((level > 0) & (y + level < num_groups), y + level, empty)
-            self.tail_index = torch.cat(
-                [torch.where(level == 0, num_groups - 1, below), above + num_groups], dim=1
+            above = torch.where((level > 0) & (y + level < g), y + level, empty)
+            tail_index = torch.cat(
+                [torch.where(level == 0, g - 1, below), above + g], dim=1
             ).clamp_max_(empty)
-            self.level_index = torch.cat([below, above], dim=1).clamp_max_(num_groups)
-            self.anchor_itself = (level == 0).to(dtype)  # (1, G): one sample at level 0
             self.distance = (y - level).abs()
+            self.index = torch.cat([tail_index, self.distance], dim=1)
+            self.level_index = torch.cat([below, above], dim=1).clamp_max_(g)
+            # [h, y * G + l] = 1 where group h lies l groups from y; minus the anchor itself
+            at_level = self.distance.T[:, :, None] == level[None]  # (h, y, l)
+            self.level_counts = at_level.reshape(g, g * g).to(dtype)
+            self.minus_self = -(level == 0).to(dtype).expand(g, g).reshape(1, g * g)
+            self.eye = torch.eye(g, dtype=dtype, device=device)
 
-    def tails(self, per_group: Tensor, y: Tensor) -> Tensor:
-        """``out[i, l] = sum_{g : |g - y_i| >= l} per_group[i, g]``, (n, G) from (n, G)."""
-        scans = F.pad(per_group @ self.scan, (0, 1))
-        parts = scans.gather(1, self.tail_index.index_select(0, y))
-        return parts.view(y.shape[0], 2, -1).sum(dim=1)
+    def one_hot(self, y: Tensor) -> Tensor:
+        """The (n, G) one-hot rows of the groups ``y``."""
+        return self.eye.index_select(0, y)
 
-    def counts(self, hist: Tensor) -> Tensor:
+    def counts(self, one_hot: Tensor) -> Tensor:
         """``C[y, l]``: how many samples ``k != i`` lie ``l`` groups from an anchor ``i`` in
-        group ``y``, from the group histogram of the contrast set; (G, G)."""
-        parts = F.pad(hist, (0, 1)).index_select(0, self.level_index.flatten())
-        return parts.view(hist.shape[0], 2, -1).sum(dim=1).sub_(self.anchor_itself)
+        group ``y``, from the one-hot groups of the contrast set; (G, G)."""
+        hist = one_hot.sum(dim=0, keepdim=True)
+        return torch.addmm(self.minus_self, hist, self.level_counts).view(hist.shape[1], -1)
+
+    def tails(self, per_group: Tensor, index: Tensor) -> Tensor:
+        """``out[i, l] = sum_{g : |g - y_i| >= l} per_group[i, g]``, (n, G) from (n, G), with
+        ``index`` the rows ``self.index[y]``."""
+        parts = (per_group @ self.scan).gather(1, index[:, : 2 * per_group.shape[1]])
+        return parts.view(per_group.shape[0], 2, -1).sum(dim=1)
 
     def at_level(self, per_group: Tensor, y: Tensor, empty: float) -> Tuple[Tensor, Tensor]:
         """The values of the groups ``y_i - l`` and ``y_i + l`` (``empty`` outside
@@ -105,9 +119,10 @@ class _Levels:
         parts = padded.gather(1, self.level_index.index_select(0, y))
         return parts[:, : per_group.shape[1]], parts[:, per_group.shape[1] :]
 
-    def unfold(self, per_level: Tensor, y: Tensor) -> Tensor:
-        """``out[i, g] = per_level[i, |y_i - g|]``: from levels back to groups, (n, G)."""
-        return per_level.gather(1, self.distance.index_select(0, y))
+    def unfold(self, per_level: Tensor, index: Tensor) -> Tensor:
+        """``out[i, g] = per_level[i, |y_i - g|]``: from levels back to groups, (n, G), with
+        ``index`` the rows ``self.index[y]``."""
+        return per_level.gather(1, index[:, 2 * per_level.shape[1] :])
 
 
 @functools.lru_cache(maxsize=16)
@@ -143,6 +158,9 @@ class _GroupContrast(torch.autograd.Function):
     works in log space instead (each group shifted by its own max), so no denominator
     underflows however small the temperature; :math:`e^{s_{ik}} A_i(d_{ik}) \le N` never
     overflows.
+
+    ``reduction`` is done here ("none": the per-anchor means (n,); "mean" and "sum" of
+    them: a scalar), so that a scalar loss costs no extra autograd node.
     """
 
     @staticmethod
@@ -156,37 +174,51 @@ class _GroupContrast(torch.autograd.Function):
         kind: str,
         temperature: float,
         chunk_size: Optional[int],
+        reduction: str,
     ) -> Tensor:
         # The anchors are a slice of the contrast set, passed once (compile needs distinct
         # inputs); their gradient is folded back into that slice in backward.
         z_c, norm = _normalise(x_c)
-        one_hot = torch.zeros(z_c.shape[0], num_groups, dtype=z_c.dtype, device=z_c.device)
-        one_hot.scatter_(1, y_c[:, None], 1.0)
-        linear = 2.0 / temperature <= _LINEAR_LOGIT_RANGE.get(z_c.dtype, 0.0)
         levels = _levels(num_groups, z_c.dtype, z_c.device)
-        counts = levels.counts(one_hot.sum(dim=0))
+        one_hot = levels.one_hot(y_c)
+        counts = levels.counts(one_hot)
+        index = levels.index.index_select(0, y_c[offset : offset + n_anchors])
+        linear = 2.0 / temperature <= _LINEAR_LOGIT_RANGE.get(z_c.dtype, 0.0)
         rows = _linear_rows if linear else _log_rows
         chunks = _chunks(offset, n_anchors, chunk_size)
-        parts = [
-            rows(z_c, y_c, one_hot, levels, counts, lo, hi, kind, temperature, chunk_size is None)
-            for lo, hi in chunks
-        ]
-        loss, table, s = parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts))
+        if len(chunks) == 1:
+            lo, hi = chunks[0]
+            loss, table, s = rows(
+                z_c, y_c, one_hot, levels, counts, index, lo, hi, kind, temperature,
+                chunk_size is None,
+            )
+        else:
+            parts = [
+                rows(z_c, y_c, one_hot, levels, counts, index[lo - offset : hi - offset], lo,
+                     hi, kind, temperature, False)
+                for lo, hi in chunks
+            ]
+            loss, table, s = (torch.cat(p) for p in zip(*parts))
         # Unchunked, the (n, N) similarities are kept: backward then needs no second matmul.
         # Chunked, only (n, G) tables are kept and each block is recomputed.
-        ctx.save_for_backward(z_c, norm, y_c, one_hot, table, s)
+        ctx.save_for_backward(z_c, norm, y_c, one_hot, table, s, index)
         ctx.chunks, ctx.offset, ctx.kind, ctx.temperature = chunks, offset, kind, temperature
         ctx.levels, ctx.linear = levels, linear
-        return loss.mul_(_pair_scale(z_c))
+        ctx.scale = _pair_scale(z_c) / (max(n_anchors, 1) if reduction == "mean" else 1)
+        if reduction == "none":
+            return loss.mul_(ctx.scale)
+        return loss.sum().mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
-        z_c, norm, y_c, one_hot, table, saved = ctx.saved_tensors
-        grad = grad * _pair_scale(z_c)
-        tables = (y_c, one_hot, ctx.levels, ctx.linear, ctx.kind, ctx.temperature)
-        if saved.numel() and ctx.offset == 0 and grad.shape[0] == z_c.shape[0]:
+        z_c, norm, y_c, one_hot, table, saved, index = ctx.saved_tensors
+        # w_i: dL/d(loss sum of anchor i) times ds/d<a, c> (for "l2", without its 1 / s).
+        w = grad * (ctx.scale / (ctx.temperature if ctx.kind == "cosine" else -ctx.temperature**2))
+        w = w[:, None] if w.dim() else w.expand(table.shape[0], 1)
+        tables = (y_c, one_hot, ctx.linear, ctx.kind, ctx.temperature)
+        if saved.numel() and ctx.offset == 0 and table.shape[0] == z_c.shape[0]:
             # Anchors = contrast set: d<z_i, z_k> enters twice, so fold g into g + g^T.
-            g = _grad_rows(saved, y_c, table, grad, 0, *tables)
+            g = _grad_rows(saved, table, index, w, 0, *tables)
             grad_z = _plus_transpose(g) @ z_c
         else:
             grad_z = torch.zeros_like(z_c)
@@ -195,10 +227,11 @@ class _GroupContrast(torch.autograd.Function):
                 s = saved[rows] if saved.numel() else similarity(
                     z_c[lo:hi], z_c, ctx.kind, ctx.temperature
                 )
-                g = _grad_rows(s, y_c[lo:hi], table[rows], grad[rows], lo, *tables)
+                g = _grad_rows(s, table[rows], index[rows], w[rows], lo, *tables)
                 grad_z.addmm_(g.T, z_c[lo:hi])
                 grad_z[lo:hi].addmm_(g, z_c)
-        return _normalise_backward(z_c, norm, grad_z), None, None, None, None, None, None, None
+        grad_x = _normalise_backward(z_c, norm, grad_z)
+        return grad_x, None, None, None, None, None, None, None, None
 
 
 def _normalise(x_c: Tensor) -> "tuple[Tensor, Tensor]":
@@ -248,37 +281,39 @@ def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tup
 
 
 def _linear_rows(
-    z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor, lo: int,
-    hi: int, kind: str, temperature: float, keep: bool,
+    z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor,
+    index: Tensor, lo: int, hi: int, kind: str, temperature: float, keep: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Loss sums (n,), ``A e^{shift}`` (n, G) by level, and the similarities if ``keep``
-    (else an empty tensor), for the anchors ``lo..hi-1``, in linear space (2 / T small
-    enough)."""
-    y_a = y_c[lo:hi]
+    (else an empty tensor), for the anchors ``lo..hi-1`` (``index``: their rows of
+    ``levels.index``), in linear space (2 / T small enough). The kept similarities hold 0
+    for each anchor with itself."""
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
+    _self_diagonal(s, lo).zero_()  # out of the sum of s; its e^s is zeroed below
     shift = _linear_shift(kind, temperature)
     e = _shifted_exp(s, kind, temperature)
     _self_diagonal(e, lo).zero_()
-    denom = levels.tails((one_hot.T @ e.T).T, y_a)  # D_i(l) e^{-shift}
-    count = counts.index_select(0, y_a)
-    s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
-    loss = torch.xlogy(count, denom).sum(dim=1).sub_(s_sum)
+    # D_i(l) e^{-shift}. Where C > 0, D > 0 (a normal number in this range); elsewhere the
+    # clamp keeps 0 * log D = 0 and C / D = 0.
+    denom = levels.tails(e @ one_hot, index).clamp_min_(torch.finfo(e.dtype).tiny)
+    del e
+    count = counts.index_select(0, y_c[lo:hi])
+    loss = (count * denom.log()).sum(dim=1).sub_(s.sum(dim=1))
     if shift:
         loss += shift * (z_c.shape[0] - 1)
-    # A where C > 0 (there D > 0); 0 / tiny = 0 elsewhere, and log 0 = -inf is never used.
-    ratio = count / denom.clamp_min(torch.finfo(denom.dtype).tiny)
-    return loss, ratio.cumsum_(dim=1), s if keep else s.new_zeros(0, s.shape[1])
+    return loss, count.div_(denom).cumsum_(dim=1), s if keep else s.new_zeros(0, s.shape[1])
 
 
 def _log_rows(
-    z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor, lo: int,
-    hi: int, kind: str, temperature: float, keep: bool,
+    z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor,
+    index: Tensor, lo: int, hi: int, kind: str, temperature: float, keep: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """As :func:`_linear_rows`, in log space (the table is ``log A``): exact at any
     temperature."""
     y_a = y_c[lo:hi]
     s = similarity(z_c[lo:hi], z_c, kind, temperature)
-    s_sum = s.sum(dim=1) - _self_diagonal(s, lo)
+    _self_diagonal(s, lo).zero_()
+    s_sum = s.sum(dim=1)
     work = s.clone() if keep else s
     _self_diagonal(work, lo).fill_(float("-inf"))
     # log-sum-exp of s over each group of the contrast set, each group shifted by its max
@@ -302,19 +337,20 @@ def _log_rows(
 
 
 def _grad_rows(
-    s: Tensor, y_a: Tensor, table: Tensor, grad: Tensor, lo: int, y_c: Tensor,
-    one_hot: Tensor, levels: _Levels, linear: bool, kind: str, temperature: float,
+    s: Tensor, table: Tensor, index: Tensor, w: Tensor, lo: int, y_c: Tensor,
+    one_hot: Tensor, linear: bool, kind: str, temperature: float,
 ) -> Tensor:
-    """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified) and the
-    forward's table: ``A e^{shift}`` (linear space) or ``log A`` (log space), by level."""
+    """dL/d<z_a_i, z_c_k> (n, N) from the similarities ``s`` (read, not modified; any value
+    for an anchor with itself), the forward's table (``A e^{shift}`` in linear space,
+    ``log A`` in log space, by level), the anchors' rows ``index`` of ``levels.index``
+    and the per-anchor factors ``w`` (n, 1)."""
     # dL/ds_ik = grad_i * (e^{s_ik} A_i(d_ik) - 1) for k != i, built in one new buffer, with
     # ds/d<a, c> folded into the per-anchor factor w: 1 / T ("cosine"), or for "l2"
     # (s = -dist / T, dist = sqrt(2 - 2<a, c>)) 1 / (T dist) = -1 / (T^2 s).
     # Where the squared distance was clamped at eps (a duplicate, z_c_k = z_a_i up to
     # sqrt(eps)), this is the large but finite 1 / (T sqrt(eps)) along z_c_k ~ z_a_i:
     # radial, so the normalisation's backward removes it (no mask needed).
-    w = grad[:, None] / (temperature if kind == "cosine" else -temperature**2)
-    by_group = levels.unfold(table, y_a)  # (n, G): the table at the level of each group
+    by_group = table.gather(1, index[:, 2 * table.shape[1] :])  # the table at each group
     if linear:
         # A is bounded here (by N e^{2/T}), so a matmul with the one-hot groups picks
         # w_i A_i(d_ik) for every k, faster than an index_select along the rows.
@@ -323,20 +359,23 @@ def _grad_rows(
     else:
         g = (s + by_group.index_select(1, y_c)).exp_()
         g = torch.addcmul(-w, g, w, out=g)  # w (e^{s} A - 1) in one pass
-    _self_diagonal(g, lo).zero_()
-    return g if kind == "cosine" else g.div_(s)
+    if kind != "cosine":
+        g.div_(s)
+    _self_diagonal(g, lo).zero_()  # after the division: s may be 0 there
+    return g
 
 
 def grouped(
     x_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, num_groups: int, kind: str,
-    temperature: float, chunk_size: Optional[int] = None,
+    temperature: float, chunk_size: Optional[int] = None, reduction: str = "none",
 ) -> Tensor:
-    """Per-anchor mean losses for integer groups in ``[0, num_groups)``.
+    """Per-anchor mean losses (n,) for integer groups in ``[0, num_groups)``, or their
+    ``"mean"`` or ``"sum"`` (a scalar).
 
     ``x_c`` are raw features (normalised inside, with a fused backward). ``chunk_size``
     processes the anchors in row blocks: peak memory O(chunk_size * N).
     """
     out = _GroupContrast.apply(
-        x_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size
+        x_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size, reduction
     )
     return out  # type: ignore[no-any-return]

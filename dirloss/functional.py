@@ -470,10 +470,9 @@ def group_contrastive_loss(
     x, y, num_groups = _prepare_contrastive(features, labels, num_groups)
     if x.shape[0] == 0:  # an empty batch: a zero that stays in the graph
         return reduce(x.sum(dim=1) * 0.0, reduction)
-    per_anchor = _contrast_means(
-        x, y, 0, x.shape[0], num_groups, similarity, temperature, chunk_size
+    return _contrast_means(
+        x, y, 0, x.shape[0], num_groups, similarity, temperature, chunk_size, reduction
     )
-    return reduce(per_anchor, reduction)
 
 
 def _check_contrastive_inputs(
@@ -579,13 +578,21 @@ def _contrast_means(
     similarity: str,
     temperature: float,
     chunk_size: Optional[int] = None,
+    reduction: str = "none",
 ) -> Tensor:
     """Per-anchor means of ``l_ij`` over ``j`` (n,) for the anchors
     ``x[offset : offset + n_anchors]`` (raw features of the working dtype; the kernels
-    normalise them)."""
-    with torch.autocast(x.device.type, enabled=False):
-        if num_groups is not None:
-            return _contrastive.grouped(
-                x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size
+    normalise them), reduced by ``reduction`` (the group kernel reduces inside: no extra
+    autograd node)."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return _contrast_means(
+                x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size,
+                reduction,
             )
-        return _continuous.continuous(x, y, offset, n_anchors, similarity, temperature)
+    if num_groups is not None:
+        return _contrastive.grouped(
+            x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size, reduction
+        )
+    per_anchor = _continuous.continuous(x, y, offset, n_anchors, similarity, temperature)
+    return reduce(per_anchor, reduction)

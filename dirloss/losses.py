@@ -14,7 +14,6 @@ from ._validation import (
     check_group_range,
     check_non_negative,
     check_reduction,
-    reduce,
 )
 from .distributed import gather_batch, is_distributed
 
@@ -242,10 +241,10 @@ class GroupContrastiveLoss(nn.Module):
         # sees the same batch, so every rank infers the same G.
         x_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
         n = features.shape[0]
-        per_anchor = DF._contrast_means(
-            x_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size
+        return DF._contrast_means(
+            x_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size,
+            self.reduction,
         )
-        return reduce(per_anchor, self.reduction)
 
     def extra_repr(self) -> str:
         return (
