@@ -391,8 +391,11 @@ def combine_experts(
     if logit_adjustment is not None:
         logits = logits - logit_adjustment.to(logits.dtype)
     if inference == "soft":
-        weights = logits.softmax(dim=1).to(experts.dtype)
-        return torch.einsum("ng,ngo->no", weights, experts)
+        # softmax over dim 0 of the (G, N) transpose: over G = 10 contiguous values per row
+        # it is a slow short-row kernel on the CPU. A product and a sum over G, not a bmm
+        # of N tiny matrices (an einsum): one pass each way.
+        weights = logits.T.softmax(dim=0).T.to(experts.dtype)
+        return (weights[:, :, None] * experts).sum(dim=1)
     index = logits.argmax(dim=1).view(-1, 1, 1).expand(-1, 1, experts.shape[2])
     return experts.gather(1, index).squeeze(1)
 
