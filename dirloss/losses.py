@@ -110,14 +110,19 @@ class DescendingSoftLabelLoss(nn.Module):
     ) -> Tensor:
         if self.validate:
             check_group_range("target", target, self.num_groups, force=True)
-        adjustment = None
-        if self.training and self._adjusting:
-            adjustment = self.logit_adjustment
-            if group_counts is not None:  # live counts: no host read of tau
-                adjustment = self.logit_tau.to(torch.float32) * self._log_prior(group_counts)
         return DF.descending_soft_label_loss(
-            input, target, logit_adjustment=adjustment, reduction=self.reduction, table=self.table
+            input, target, logit_adjustment=self._adjustment(group_counts),
+            reduction=self.reduction, table=self.table,
         )
+
+    def _adjustment(self, group_counts: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The logit adjustment of this call: None unless training with ``tau > 0``; from
+        ``group_counts`` when given (live counts: no host read of tau)."""
+        if not (self.training and self._adjusting):
+            return None
+        if group_counts is None:
+            return self.logit_adjustment
+        return self.logit_tau.to(torch.float32) * self._log_prior(group_counts)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "DescendingSoftLabelLoss":
         # tau stays float64, so it reads back exactly as set.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional
+import functools
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import functional as DF
 from ._validation import (
@@ -226,17 +229,57 @@ class GroupDIRLoss(nn.Module):
         unit = self.binner.label_std if self.standardize_mse else 1.0
         if self.lambda_grc:
             grc = self.contrastive(features, groups)
-        if self.lambda_mse:
-            mse = DF.expert_mse_loss(experts, target, groups, table=self.expert_table, scale=unit)
-        if self.lambda_soft:
-            soft = self.soft_label(output.logits, groups, group_counts=self.binner.counts)
-        if self.lambda_mix:
-            mix = DF.mixture_mse_loss(output.logits, experts, target, scale=unit)
+        if self.soft_label.reduction == "none":  # per-sample soft term: the term-by-term path
+            if self.lambda_mse:
+                mse = DF.expert_mse_loss(
+                    experts, target, groups, table=self.expert_table, scale=unit
+                )
+            if self.lambda_soft:
+                soft = self.soft_label(output.logits, groups, group_counts=self.binner.counts)
+            if self.lambda_mix:
+                mix = DF.mixture_mse_loss(output.logits, experts, target, scale=unit)
+        elif self.lambda_mse or self.lambda_soft or self.lambda_mix:
+            # one node for the three head terms and their weighted sum
+            head, mse, soft, mix = self._head_terms(output.logits, experts, target, groups, unit)
+            loss = head if not self.lambda_grc else head + self.lambda_grc * grc
+            return GroupDIRLossOutput(loss, grc.detach(), mse, soft, mix)
         loss = (
             self.lambda_grc * grc + self.lambda_mse * mse + self.lambda_soft * soft
             + self.lambda_mix * mix
         )
         return GroupDIRLossOutput(loss, grc.detach(), mse.detach(), soft.detach(), mix.detach())
+
+    def _head_terms(
+        self, logits: Tensor, experts: Tensor, target: Tensor, groups: Tensor,
+        unit: Union[float, Tensor],
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``lambda_mse L_mse + lambda_soft L_soft + lambda_mix L_mix`` and the three terms
+        (0 where the weight is 0; detached) from one autograd node (:class:`_HeadTerms`): the
+        same values as :func:`~dirloss.functional.expert_mse_loss`, the soft-label module and
+        :func:`~dirloss.functional.mixture_mse_loss`."""
+        if logits.dim() != 2 or logits.shape != experts.shape[:2]:
+            raise ValueError(
+                "expected logits of shape (N, G) and experts of shape (N, G, O), got "
+                f"{tuple(logits.shape)} and {tuple(experts.shape)}"
+            )
+        device = experts.device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self._head_terms(logits, experts, target, groups, unit)
+        work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
+        n, num_groups, out_features = experts.shape
+        if isinstance(unit, Tensor):
+            unit = unit.to(work)
+        scale = 1.0 / (max(n * out_features, 1) * unit**2)  # the mean, in units of s_y^2
+        soft = self.soft_label
+        adjustment = soft._adjustment(self.binner.counts) if self.lambda_soft else None
+        weights = (self.lambda_mse, self.lambda_soft, self.lambda_mix)
+        out = _HeadTerms.apply(
+            logits.to(work), experts.to(work), target.to(work),
+            groups.long().clamp(0, num_groups - 1), self.expert_table, soft.table,
+            adjustment, scale, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0, weights,
+        )
+        return out  # type: ignore[no-any-return]
 
     def _check_target(self, target: Tensor, experts: Tensor, features: Tensor) -> Tensor:
         n, _, out_features = experts.shape
@@ -275,3 +318,97 @@ class GroupDIRLoss(nn.Module):
             f"expert_share={self.expert_share}, "
             f"standardize_mse={self.standardize_mse}, validate={self.validate}"
         )
+
+
+class _HeadTerms(torch.autograd.Function):
+    r"""The three terms of the head, L_mse, L_soft and L_mix, and their weighted sum in one
+    autograd node with an analytic backward (term by term, the graph has some thirty nodes
+    of (N, G) ops, whose fixed cost dominates at tabular batch sizes).
+
+    With :math:`\delta_{ig} = \hat y_{ig} - y_i` (N, G, O), :math:`c = 1 / (N O s_y^2)`,
+    :math:`w` the rows of the expert-share table (one-hot without one), :math:`p` the
+    softmax of the logits, :math:`m_i = \sum_g p_{ig} \delta_{ig}` (the soft mixture's
+    error, as the weights sum to one), :math:`q` the soft labels, :math:`\pi` the softmax
+    of the (adjusted) logits and :math:`k` = 1 / N ("mean") or 1 ("sum"):
+
+    .. math::
+        L_{mse} = c \sum_{ig} w_{ig} \lVert\delta_{ig}\rVert^2,\quad
+        L_{mix} = c \sum_i \lVert m_i \rVert^2,\quad
+        L_{soft} = -k \sum_{ig} q_{ig} \log \pi_{ig},
+
+    so :math:`\partial L_{mse} / \partial \hat y_{ig} = 2 c w_{ig} \delta_{ig}`,
+    :math:`\partial L_{mix} / \partial \hat y_{ig} = 2 c p_{ig} m_i`,
+    :math:`\partial L_{mix} / \partial z_{ig} = p_{ig} (r_{ig} - \sum_h p_{ih} r_{ih})` with
+    :math:`r_{ig} = 2 c \langle m_i, \delta_{ig} \rangle`, and
+    :math:`\partial L_{soft} / \partial z_{ig} = k (\pi_{ig} \sum_h q_{ih} - q_{ig})`.
+    The inputs come in the working dtype, ``groups`` in ``[0, G)``; a term whose weight is
+    0 is not computed (its output is 0). Only the weighted sum is differentiable.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits: Tensor,
+        experts: Tensor,
+        target: Tensor,
+        groups: Tensor,
+        share: Optional[Tensor],
+        soft_table: Tensor,
+        adjustment: Optional[Tensor],
+        scale: Union[float, Tensor],
+        soft_factor: float,
+        weights: Tuple[float, float, float],
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        lambda_mse, lambda_soft, lambda_mix = weights
+        diff = experts - target[:, None, :]
+        mse = soft = mix = experts.new_zeros(())
+        weight = p = m = rows = log_prob = None
+        total = []
+        if lambda_mse:
+            if share is None:
+                weight = torch.zeros_like(logits).scatter_(1, groups[:, None], 1.0)
+            else:
+                weight = share.to(logits.dtype).index_select(0, groups)
+            mse = torch.dot(weight.flatten(), diff.square().sum(dim=2).flatten()) * scale
+            total.append(mse * lambda_mse)
+        if lambda_soft:
+            shifted = logits if adjustment is None else logits + adjustment.to(logits.dtype)
+            log_prob = F.log_softmax(shifted.T, dim=0)  # (G, N), as the soft-label loss
+            rows = soft_table.to(logits.dtype).T.index_select(1, groups)
+            soft = torch.dot(rows.flatten(), log_prob.flatten()) * -soft_factor
+            total.append(soft * lambda_soft)
+        if lambda_mix:
+            # softmax over dim 0 of the (G, N) transpose: a fast kernel on the CPU
+            p = logits.T.softmax(dim=0).T
+            m = (p[:, :, None] * diff).sum(dim=1)
+            mix = m.square().sum() * scale
+            total.append(mix * lambda_mix)
+        ctx.save_for_backward(diff, weight, p, m, rows, log_prob)
+        ctx.mse_factor, ctx.mix_factor = 2.0 * lambda_mse * scale, 2.0 * lambda_mix * scale
+        ctx.soft_factor = lambda_soft * soft_factor
+        ctx.mark_non_differentiable(mse, soft, mix)
+        return functools.reduce(torch.add, total), mse, soft, mix
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, grad: Tensor, *unused: Tensor
+    ) -> Tuple[Optional[Tensor], ...]:
+        diff, weight, p, m, rows, log_prob = ctx.saved_tensors
+        grad_experts = grad_logits = None
+        if weight is not None:
+            grad_experts = diff * (weight * (ctx.mse_factor * grad))[:, :, None]
+        if p is not None:
+            m = m * (ctx.mix_factor * grad)
+            from_mix = p[:, :, None] * m[:, None, :]
+            grad_experts = from_mix if grad_experts is None else grad_experts.add_(from_mix)
+            r = (diff * m[:, None, :]).sum(dim=2)
+            grad_logits = p * (r - (p * r).sum(dim=1, keepdim=True))
+        if rows is not None:
+            from_soft = (log_prob.exp() * rows.sum(dim=0)).sub_(rows).T
+            from_soft = from_soft * (ctx.soft_factor * grad)
+            grad_logits = from_soft if grad_logits is None else grad_logits.add_(from_soft)
+        grad_target = None
+        if ctx.needs_input_grad[2] and grad_experts is not None:
+            grad_target = -grad_experts.sum(dim=1)
+        return (grad_logits, grad_experts, grad_target) + (None,) * 7
