@@ -534,7 +534,12 @@ def test_permutation_invariance(n, num_groups, seed, tau):
     perm = torch.randperm(n, generator=gen)
     module = DescendingSoftLabelLoss(num_groups, reduction="none", group_counts=counts, tau=tau)
     none = module(logits, target)
-    torch.testing.assert_close(module(logits[perm], target[perm]), none[perm], rtol=0, atol=0)
+    # Not bit for bit: the log-softmax runs over dim 0 of the (G, N) transpose, where a
+    # sample's column may fall in the vectorised body or the scalar tail of the kernel, whose
+    # exp/log can differ in the last ulp (1.8e-15 at n=9, G=7, seed=29659028).
+    torch.testing.assert_close(
+        module(logits[perm], target[perm]), none[perm], rtol=1e-12, atol=1e-12
+    )
     for reduction in ("mean", "sum"):
         module.reduction = reduction
         torch.testing.assert_close(
