@@ -23,6 +23,7 @@ from ._validation import (
     check_reduction,
     check_same_device,
     reduce,
+    without_autocast,
 )
 
 __all__ = [
@@ -587,15 +588,11 @@ def _contrast_means(
     ``x[offset : offset + n_anchors]`` (raw features of the working dtype; the kernels
     normalise them), reduced by ``reduction`` (the group kernel reduces inside: no extra
     autograd node)."""
-    if torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(x.device.type, enabled=False):
-            return _contrast_means(
+    with without_autocast(x.device.type):
+        if num_groups is not None:
+            return _contrastive.grouped(
                 x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size,
                 reduction,
             )
-    if num_groups is not None:
-        return _contrastive.grouped(
-            x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size, reduction
-        )
-    per_anchor = _continuous.continuous(x, y, offset, n_anchors, similarity, temperature)
-    return reduce(per_anchor, reduction)
+        per_anchor = _continuous.continuous(x, y, offset, n_anchors, similarity, temperature)
+        return reduce(per_anchor, reduction)

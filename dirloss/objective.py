@@ -16,6 +16,7 @@ from ._validation import (
     check_group_targets,
     check_non_negative,
     check_same_device,
+    without_autocast,
 )
 from .binning import GroupBinner
 from .heads import HeadOutput
@@ -262,10 +263,6 @@ class GroupDIRLoss(nn.Module):
                 "expected logits of shape (N, G) and experts of shape (N, G, O), got "
                 f"{tuple(logits.shape)} and {tuple(experts.shape)}"
             )
-        device = experts.device.type
-        if torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return self._head_terms(logits, experts, target, groups, unit)
         work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
         n, num_groups, out_features = experts.shape
         if isinstance(unit, Tensor):
@@ -274,11 +271,13 @@ class GroupDIRLoss(nn.Module):
         soft = self.soft_label
         adjustment = soft._adjustment(self.binner.counts) if self.lambda_soft else None
         weights = (self.lambda_mse, self.lambda_soft, self.lambda_mix)
-        out = _HeadTerms.apply(
-            logits.to(work), experts.to(work), target.to(work),
-            groups.long().clamp(0, num_groups - 1), self.expert_table, soft.table,
-            adjustment, scale, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0, weights,
-        )
+        with without_autocast(experts.device.type):
+            out = _HeadTerms.apply(
+                logits.to(work), experts.to(work), target.to(work),
+                groups.long().clamp(0, num_groups - 1), self.expert_table, soft.table,
+                adjustment, scale, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0,
+                weights,
+            )
         return out  # type: ignore[no-any-return]
 
     def _check_target(self, target: Tensor, experts: Tensor, features: Tensor) -> Tensor:
