@@ -247,7 +247,7 @@ def _normalise_backward(z_c: Tensor, norm: Tensor, grad_z: Tensor) -> Tensor:
     z = 0, so it gets dz / eps, as through F.normalize.
     """
     along = torch.linalg.vecdot(z_c, grad_z, dim=1)[:, None]
-    return grad_z.sub_(z_c * along).div_(norm)
+    return grad_z.addcmul_(z_c, along, value=-1.0).div_(norm)
 
 
 def _plus_transpose(g: Tensor) -> Tensor:
@@ -298,7 +298,7 @@ def _linear_rows(
     denom = levels.tails(e @ one_hot, index).clamp_min_(torch.finfo(e.dtype).tiny)
     del e
     count = counts.index_select(0, y_c[lo:hi])
-    loss = (count * denom.log()).sum(dim=1).sub_(s.sum(dim=1))
+    loss = torch.linalg.vecdot(count, denom.log()).sub_(s.sum(dim=1))
     if shift:
         loss += shift * (z_c.shape[0] - 1)
     return loss, count.div_(denom).cumsum_(dim=1), s if keep else s.new_zeros(0, s.shape[1])
