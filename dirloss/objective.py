@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -360,33 +359,36 @@ class _HeadTerms(torch.autograd.Function):
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         lambda_mse, lambda_soft, lambda_mix = weights
         diff = experts - target[:, None, :]
-        mse = soft = mix = experts.new_zeros(())
+        mse = soft = mix = total = experts.new_zeros(())
         weight = p = m = rows = log_prob = None
-        total = []
         if lambda_mse:
             if share is None:
                 weight = torch.zeros_like(logits).scatter_(1, groups[:, None], 1.0)
             else:
                 weight = share.to(logits.dtype).index_select(0, groups)
-            mse = torch.dot(weight.flatten(), diff.square().sum(dim=2).flatten()) * scale
-            total.append(mse * lambda_mse)
+            mse = torch.dot(weight.view(-1), torch.linalg.vecdot(diff, diff).view(-1)) * scale
+            total = mse * lambda_mse
         if lambda_soft:
             shifted = logits if adjustment is None else logits + adjustment.to(logits.dtype)
             log_prob = F.log_softmax(shifted.T, dim=0)  # (G, N), as the soft-label loss
             rows = soft_table.to(logits.dtype).T.index_select(1, groups)
             soft = torch.dot(rows.flatten(), log_prob.flatten()) * -soft_factor
-            total.append(soft * lambda_soft)
+            total = torch.add(total, soft, alpha=lambda_soft)
         if lambda_mix:
-            # softmax over dim 0 of the (G, N) transpose: a fast kernel on the CPU
-            p = logits.T.softmax(dim=0).T
-            m = (p[:, :, None] * diff).sum(dim=1)
-            mix = m.square().sum() * scale
-            total.append(mix * lambda_mix)
+            # The softmax over dim 0 of the (G, N) transpose (a fast kernel on the CPU), or
+            # from the soft term's log-softmax when the logits are the same.
+            if log_prob is not None and adjustment is None:
+                p = log_prob.exp().T
+            else:
+                p = logits.T.softmax(dim=0).T
+            m = torch.linalg.vecdot(p[:, :, None], diff, dim=1)  # (N, O)
+            mix = torch.dot(m.view(-1), m.view(-1)) * scale
+            total = torch.add(total, mix, alpha=lambda_mix)
         ctx.save_for_backward(diff, weight, p, m, rows, log_prob)
         ctx.mse_factor, ctx.mix_factor = 2.0 * lambda_mse * scale, 2.0 * lambda_mix * scale
         ctx.soft_factor = lambda_soft * soft_factor
         ctx.mark_non_differentiable(mse, soft, mix)
-        return functools.reduce(torch.add, total), mse, soft, mix
+        return total, mse, soft, mix
 
     @staticmethod
     @once_differentiable
@@ -401,8 +403,8 @@ class _HeadTerms(torch.autograd.Function):
             m = m * (ctx.mix_factor * grad)
             from_mix = p[:, :, None] * m[:, None, :]
             grad_experts = from_mix if grad_experts is None else grad_experts.add_(from_mix)
-            r = (diff * m[:, None, :]).sum(dim=2)
-            grad_logits = p * (r - (p * r).sum(dim=1, keepdim=True))
+            r = torch.linalg.vecdot(diff, m[:, None, :])  # (N, G)
+            grad_logits = p * (r - torch.linalg.vecdot(p, r)[:, None])
         if rows is not None:
             from_soft = (log_prob.exp() * rows.sum(dim=0)).sub_(rows).T
             from_soft = from_soft * (ctx.soft_factor * grad)
