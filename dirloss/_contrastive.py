@@ -21,6 +21,7 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def similarity(z_a: Tensor, z_c: Tensor, kind: str, temperature: float) -> Tensor:
@@ -210,6 +211,7 @@ class _GroupContrast(torch.autograd.Function):
         return loss.sum().mul_(ctx.scale)
 
     @staticmethod
+    @once_differentiable  # the analytic backward is not itself differentiable: say so
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
         z_c, norm, y_c, one_hot, table, saved, index = ctx.saved_tensors
         # w_i: dL/d(loss sum of anchor i) times ds/d<a, c> (for "l2", without its 1 / s).

@@ -1011,3 +1011,15 @@ def test_inferred_groups_read_the_host_once(device):
         torch.cuda.set_sync_debug_mode("default")
     assert len([w for w in record if "synchroniz" in str(w.message)]) == 1
     assert torch.isfinite(loss).item()
+
+
+# The kernels' backward is analytic and not itself differentiable: a second derivative must
+# fail loudly (once_differentiable), not come out silently wrong.
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_double_backward_raises(kernel):
+    labels, num_groups = kernel_args(kernel, INT_LABELS["spread"])
+    features = randn(labels.shape[0], 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss_fn(features, labels, num_groups=num_groups), features,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.square().sum().backward()
