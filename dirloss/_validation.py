@@ -116,7 +116,6 @@ def apply_keeping_float64(module: Any, names: Any, apply: Any) -> None:
         setattr(module, name, value.to(getattr(module, name).device))
 
 
-
 def _autocast_check() -> Any:
     try:
         torch.is_autocast_enabled("cpu")  # type: ignore[call-arg]

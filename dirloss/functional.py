@@ -436,9 +436,9 @@ def group_contrastive_loss(
       (its minimum and maximum; the loss depends only on label differences, so negative
       labels are fine): ``G = max - min + 1``. Passing ``num_groups`` keeps the call free
       of host syncs, as :class:`~dirloss.GroupDIRLoss` does. Integer labels that span
-      more than 128 values, and any call traced by ``torch.compile`` (where a host read
-      would break ``fullgraph=True``), take the continuous kernel below instead: the same
-      loss, computed by the slower sort.
+      more than ``max(128, 8 sqrt(N))`` values (where the sort is the faster kernel), and
+      any call traced by ``torch.compile`` (where a host read would break
+      ``fullgraph=True``), take the continuous kernel below instead: the same loss.
     * float ``labels`` (even when they hold whole numbers), integer labels of shape (N, L)
       with L > 1, and the cases above: the same loss on the continuous distances
       (Rank-N-Contrast), O(N^2 log N) via a row sort; ties are exact. Labels of shape
@@ -528,19 +528,27 @@ def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
     return integer and num_groups is not None
 
 
-# Integer labels without num_groups take the fused kernel when they span at most this many
-# values. Its extra work grows with G (an N x N by N x G matmul, (N, G) and cached (G, 2G)
-# tables), the sort kernel's does not: past some G the sort is the cheaper of the two.
-# Where that crossover lies is not measured yet; 128 covers binned labels and small
-# integer ranges (ages, counts) with tables of well under 1 MB.
+# Integer labels without num_groups take the fused kernel when they span at most
+# max(128, 8 sqrt(N)) values. Its extra work grows as N G^2 ((N, G) tables against (G, 2G)
+# ones) besides the N x N by N x G matmul, the sort kernel's as N^2 log N, so the crossover
+# moves up with N. Measured (forward + backward, D = 128, CPU; grouped / continuous time):
+# N = 256: 0.91x at G = 128, 2.0x at 256; N = 1024: 0.76x at 256, 1.9x at 512 (bench_ops
+# "span" table); N = 4096: 0.72x at 256, 0.96x at 512. 8 sqrt(N) is 128, 256 and 512 there.
+# The floor of 128 keeps small integer ranges (binned labels, ages) on the group kernel
+# in small batches too, where both kernels cost about a millisecond.
 _MAX_INFERRED_GROUPS = 128
+
+
+def _max_inferred_groups(n: int) -> int:
+    """The widest label span that takes the group kernel for a batch of ``n``."""
+    return max(_MAX_INFERRED_GROUPS, int(8 * math.sqrt(n)))
 
 
 def _inferred_groups(labels: Tensor) -> "Optional[tuple[Tensor, int]]":
     """For integer labels of shape (N,) or (N, 1) without ``num_groups``: the labels shifted
     to start at 0 and ``G = max - min + 1`` (at least 2), read from the batch with one host
     read. None where the continuous kernel applies instead: float, bool or (N, L > 1)
-    labels, an empty batch, a span over ``_MAX_INFERRED_GROUPS``, or under
+    labels, an empty batch, a span over :func:`_max_inferred_groups`, or under
     ``torch.compile`` (a host read would break the graph)."""
     integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
     if not integer or labels.dtype == torch.bool or labels.numel() != labels.shape[0]:
@@ -550,7 +558,7 @@ def _inferred_groups(labels: Tensor) -> "Optional[tuple[Tensor, int]]":
     flat = labels.reshape(-1).long()
     low, high = torch.stack(torch.aminmax(flat)).tolist()  # the one host read
     span = high - low + 1
-    if span > _MAX_INFERRED_GROUPS:
+    if span > _max_inferred_groups(flat.shape[0]):
         return None
     return flat - low, max(span, 2)
 

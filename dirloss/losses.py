@@ -174,7 +174,8 @@ class GroupContrastiveLoss(nn.Module):
             with no host sync (:class:`~dirloss.GroupDIRLoss` passes its binner's). Without
             it, integer labels still take the fused kernel, with G inferred from each batch
             at the cost of one host read (under ``torch.compile``, or for labels spanning
-            more than 128 values, the continuous kernel: the same loss, slower), and float
+            more than ``max(128, 8 sqrt(N))`` values, the continuous kernel: the same
+            loss), and float
             labels are real values (Rank-N-Contrast), even when they hold whole numbers.
         temperature: T > 0 (default :data:`dirloss.functional.DEFAULT_TEMPERATURE`).
         similarity: ``"l2"`` (negative Euclidean distance of normalised features) or

@@ -1023,3 +1023,17 @@ def test_double_backward_raises(kernel):
                                   create_graph=True)
     with pytest.raises(RuntimeError):
         grad.square().sum().backward()
+
+
+# The span limit grows with the batch (the group kernel's tables grow as N G^2, the sort as
+# N^2 log N): max(128, 8 sqrt(N)), 256 at N = 1024.
+def test_wide_span_limit_grows_with_the_batch(kernel_calls):
+    from dirloss.functional import _max_inferred_groups
+
+    assert _max_inferred_groups(4) == _max_inferred_groups(256) == 128
+    assert _max_inferred_groups(1024) == 256 and _max_inferred_groups(4096) == 512
+    labels = torch.arange(1024) % 256
+    features = randn(1024, 2, dtype=torch.float32)
+    loss_fn(features, labels)
+    loss_fn(features, labels + (torch.arange(1024) == 7).long() * 256)  # span 264
+    assert kernel_calls == [("grouped", 256), ("continuous", None)]
