@@ -174,7 +174,12 @@ class SmallResNet(nn.Module):
 
 
 def train_step(impl: str, model: str, device: str) -> Callable[[], None]:
-    """One optimiser step: MSE + Linear head, or the full Group-DIR objective + experts."""
+    """One optimiser step: MSE + Linear head, or the full Group-DIR objective + experts.
+
+    Two more variants say what bounds the Group-DIR step: ``mse+floor`` adds to the MSE
+    step the least any contrastive term on the features costs (the floor: normalise + the
+    N x N distance matrix and its backward), ``group-dir-no-grc`` is the full objective
+    with ``lambda_grc=0`` (head and head terms only)."""
     torch.manual_seed(0)
     batch = 256
     if model == "cnn":
@@ -187,7 +192,7 @@ def train_step(impl: str, model: str, device: str) -> Callable[[], None]:
     binner = GroupBinner(NUM_GROUPS, low=0.0, high=1.0).fit(y)
     group_dir = impl.startswith("group-dir")
     head: nn.Module = MultiExpertHead(width, NUM_GROUPS) if group_dir else nn.Linear(width, 1)
-    criterion = GroupDIRLoss(binner)
+    criterion = GroupDIRLoss(binner, lambda_grc=0.0 if "no-grc" in impl else 0.1)
     backbone, head, criterion = backbone.to(device), head.to(device), criterion.to(device)
     x, y = x.to(device), y.to(device)
     params = [*backbone.parameters(), *head.parameters()]
@@ -197,7 +202,12 @@ def train_step(impl: str, model: str, device: str) -> Callable[[], None]:
         features = backbone(x)
         if group_dir:
             return criterion(head(features, binner(y)), features, y).loss
-        return F.mse_loss(head(features)[:, 0], y)
+        mse = F.mse_loss(head(features)[:, 0], y)
+        if impl.startswith("mse+floor"):
+            z = F.normalize(features, dim=1)
+            floor = (2 - 2 * z @ z.T).clamp_min(torch.finfo(z.dtype).eps).sqrt().mean()
+            return mse + 0.1 * floor
+        return mse
 
     if impl.endswith("+compile"):
         loss_fn = torch.compile(loss_fn, fullgraph=True)
@@ -331,6 +341,9 @@ def plan(quick: bool, device: str) -> List[Dict]:
     variants = ["mse", "group-dir"] + ([] if quick else ["mse+compile", "group-dir+compile"])
     cases += [{"op": "train_step", "impl": v, "model": m, "device": device}
               for m in models for v in variants]
+    if not quick:  # what bounds the MLP step
+        cases += [{"op": "train_step", "impl": v, "model": "mlp", "device": device}
+                  for v in ("mse+floor", "group-dir-no-grc")]
     return cases
 
 
@@ -525,6 +538,8 @@ def issue_targets(rows: List[Dict]) -> List[str]:
     mse = keyed.get(("train_step", "mse", None, None, "mlp"), {})
     group_dir = keyed.get(("train_step", "group-dir", None, None, "mlp"), {})
     out.append(f"| MLP step, GroupDIRLoss vs MSE, eager | <= 1.5x | {ratio(group_dir, mse)} |")
+    bound = keyed.get(("train_step", "mse+floor", None, None, "mlp"), {})
+    out.append(f"| (bound) MLP step, MSE + the contrastive floor vs MSE | - | {ratio(bound, mse)} |")
     return out
 
 

@@ -16,6 +16,7 @@ LABELS = {
     "rnc-loop": "Rank-N-Contrast column loop",
     "dirloss+compile": "dirloss, torch.compile",
     "floor+compile": "floor, torch.compile",
+    "continuous": "dirloss, real-valued labels (sort kernel)",
 }
 
 
@@ -41,7 +42,7 @@ def main(src: str, dst: str) -> None:
         for impl, label in LABELS.items():
             pts = sorted((r["n"], r["median_ms"]) for r in rows if r["d"] == d and r["impl"] == impl)
             if pts:
-                style = "--" if "compile" in impl else "-"
+                style = "--" if "compile" in impl else ":" if impl == "continuous" else "-"
                 ax.plot(*zip(*pts), style, marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="batch size N", ylabel="forward + backward (ms)",
                title=f"D = {d} ({data['machine']['cpu']}, {data['machine']['threads']} threads)")
