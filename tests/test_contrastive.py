@@ -249,39 +249,27 @@ def test_gradient_matches_autograd_through_loop(kernel, reduction, similarity):
     torch.testing.assert_close(g_got, g_exp, atol=1e-9, rtol=1e-8)
 
 
-# The fused kernel's forward runs in linear space when e^{-2/T} is a normal float of the
-# working dtype and in log space below that temperature: both must give the same loss and
-# gradients wherever both are exact (forcing the log path by emptying the linear range).
-@pytest.mark.parametrize("chunk_size", [None, 3])
-@pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
-@pytest.mark.parametrize("similarity", SIMILARITIES)
-def test_linear_and_log_space_forwards_agree(monkeypatch, similarity, temperature, chunk_size):
-    labels = INT_LABELS["spread"]
-    features = randn(labels.shape[0], 4, requires_grad=True)
-    weight = randn(labels.shape[0])
-    kw = {"num_groups": G, "temperature": temperature, "similarity": similarity,
-          "reduction": "none", "chunk_size": chunk_size}
-    linear = loss_fn(features, labels, **kw)
-    (g_linear,) = torch.autograd.grad((linear * weight).sum(), features)
-    monkeypatch.setitem(_contrastive._LINEAR_LOGIT_RANGE, torch.float64, 0.0)
-    log_space = loss_fn(features, labels, **kw)
-    (g_log,) = torch.autograd.grad((log_space * weight).sum(), features)
-    torch.testing.assert_close(linear, log_space, **F64)
-    torch.testing.assert_close(g_linear, g_log, **F64)
-    torch.testing.assert_close(linear, ref_loss(features, labels, temperature, similarity,
-                                                "none"), **F64)
+# Both kernels' forwards run in linear space when e^{-2/T} is a normal float of the working
+# dtype and in log space below that temperature: both must give the same loss and gradients
+# wherever both are exact (forcing the log path by emptying the linear range). The fused
+# kernel on groups (chunked or not); the continuous one on runs of equal distance, with ties
+# on both sides of an anchor and (N, L) labels.
+LINEAR_VS_LOG = {
+    "groups": (INT_LABELS["spread"], {"num_groups": G}),
+    "groups_chunked": (INT_LABELS["spread"], {"num_groups": G, "chunk_size": 3}),
+    **{name: (FLOAT_LABELS[name].double(), {})
+       for name in ("float_ties", "float_distinct", "float_2d")},
+}
 
 
-# The same for the continuous kernel (runs of equal distance summed in linear or log space),
-# with ties on both sides of an anchor and (N, L) labels.
 @pytest.mark.parametrize("temperature", [0.05, 0.1, 1.0])
 @pytest.mark.parametrize("similarity", SIMILARITIES)
-@pytest.mark.parametrize("name", ["float_ties", "float_distinct", "float_2d"])
-def test_continuous_linear_and_log_space_agree(monkeypatch, name, similarity, temperature):
-    labels = FLOAT_LABELS[name].double()
+@pytest.mark.parametrize("case", list(LINEAR_VS_LOG))
+def test_linear_and_log_space_forwards_agree(monkeypatch, case, similarity, temperature):
+    labels, kw = LINEAR_VS_LOG[case]
     features = randn(labels.shape[0], 4, requires_grad=True)
     weight = randn(labels.shape[0])
-    kw = {"temperature": temperature, "similarity": similarity, "reduction": "none"}
+    kw = {**kw, "temperature": temperature, "similarity": similarity, "reduction": "none"}
     linear = loss_fn(features, labels, **kw)
     (g_linear,) = torch.autograd.grad((linear * weight).sum(), features)
     monkeypatch.setitem(_contrastive._LINEAR_LOGIT_RANGE, torch.float64, 0.0)

@@ -16,7 +16,9 @@ from dirloss import GroupBinner, GroupDIRLoss, GroupDIRLossOutput, HeadOutput, M
 from dirloss.functional import (
     descending_soft_label_loss,
     descending_soft_label_table,
+    expert_mse_loss,
     group_contrastive_loss,
+    mixture_mse_loss,
 )
 
 G, D = 4, 6
@@ -132,24 +134,28 @@ def ref_total(parts, **kwargs):
     return sum(s[f"lambda_{name}"] * p.detach().double() for name, p in zip(PARTS, parts))
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {},
-        {"paper": True},
-        {"lambda_grc": 0.3, "lambda_mse": 2.0, "lambda_soft": 0.5},
-        {"lambda_grc": 1.5, "temperature": 0.5, "similarity": "cosine", "scale": 2.0, "step": 2},
-        {"tau": 0.7, "lambda_soft": 3.0},
-        {"expert_share": 0.0},
-        {"expert_share": 2.5, "standardize_mse": False},
-        {"paper": True, "expert_share": 0.5, "lambda_mse": 3.0},
-        {"soft_reduction": "sum"},
-        {"lambda_mix": 2.5, "lambda_mse": 0.5},
-        {"lambda_mix": 0.7, "standardize_mse": False, "tau": 0.5},
-        {"paper": True, "lambda_mix": 0.5},
-    ],
-    ids=lambda kwargs: ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults",
-)
+# Settings that exercise every term and option of the objective.
+OBJECTIVE_CASES = [
+    {},
+    {"paper": True},
+    {"lambda_grc": 0.3, "lambda_mse": 2.0, "lambda_soft": 0.5},
+    {"lambda_grc": 1.5, "temperature": 0.5, "similarity": "cosine", "scale": 2.0, "step": 2},
+    {"tau": 0.7, "lambda_soft": 3.0},
+    {"expert_share": 0.0},
+    {"expert_share": 2.5, "standardize_mse": False},
+    {"paper": True, "expert_share": 0.5, "lambda_mse": 3.0},
+    {"soft_reduction": "sum"},
+    {"lambda_mix": 2.5, "lambda_mse": 0.5},
+    {"lambda_mix": 0.7, "standardize_mse": False, "tau": 0.5},
+    {"paper": True, "lambda_mix": 0.5},
+]
+
+
+def case_id(kwargs):
+    return ",".join(f"{k}={v}" for k, v in kwargs.items()) or "defaults"
+
+
+@pytest.mark.parametrize("kwargs", OBJECTIVE_CASES, ids=case_id)
 def test_total_is_weighted_sum_of_independent_parts(kwargs, device):
     criterion, head, features, target = make(device, **kwargs)
     groups = criterion.binner(target)
@@ -167,6 +173,33 @@ def test_total_is_weighted_sum_of_independent_parts(kwargs, device):
     total = ref_total((grc, mse, soft, mix), **kwargs)
     torch.testing.assert_close(got.loss.double(), total, rtol=1e-5, atol=1e-5)
     assert all(t.shape == () for t in got)
+
+
+# The head terms run in one autograd node with an analytic backward (_HeadTerms): its loss
+# and gradients, to the features and to every head parameter, against autograd through the
+# term-by-term functional path (each term pinned to its loop reference elsewhere), float64.
+@pytest.mark.parametrize("kwargs", OBJECTIVE_CASES, ids=case_id)
+def test_fused_head_terms_match_the_term_by_term_path(kwargs):
+    criterion, head, features, target = make(dtype=torch.float64, out_features=2, **kwargs)
+    target = target + torch.arange(2.0, dtype=torch.float64)  # two different columns
+    groups = criterion.binner(target[:, 0])
+    output = head(features, groups)
+    got = criterion(output, features, target, groups=groups)
+    c, binner = criterion, criterion.binner
+    unit = binner.label_std if c.standardize_mse else 1.0
+    total = (
+        c.lambda_grc * c.contrastive(features, groups)
+        + c.lambda_mse * expert_mse_loss(output.experts, target, groups,
+                                         table=c.expert_table, scale=unit)
+        + c.lambda_soft * c.soft_label(output.logits, groups, group_counts=binner.counts)
+        + c.lambda_mix * mixture_mse_loss(output.logits, output.experts, target, scale=unit)
+    )
+    # the soft-label table is a float32 buffer: 1e-6 (the rest to float64 rounding)
+    torch.testing.assert_close(got.loss, total, rtol=1e-6, atol=1e-7)
+    inputs = [features, *head.parameters()]
+    grads = torch.autograd.grad(got.loss, inputs, retain_graph=True)
+    for a, b in zip(grads, torch.autograd.grad(total, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_logit_adjustment_only_in_train_mode():
