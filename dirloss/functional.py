@@ -48,8 +48,8 @@ Features are L2-normalised, so the "l2" similarity ``-||z_i - z_j|| / T`` spans
 ``[-2 / T, 0]``. Rank-N-Contrast's ``T = 2`` was chosen for unnormalised features; on the unit
 sphere it squeezes every logit into ``[-1, 0]``, where near and far samples are barely told
 apart. ``T = 0.1`` gives the logit range of 20 that SimCLR / SupCon use on normalised
-embeddings. (Smaller temperatures stay exact too: the fused kernel switches to log space
-below T = 1/32 in float32, and the sort kernel always uses a log-space cumulative sum.)
+embeddings. (Smaller temperatures stay exact too: both kernels switch to log space below
+T = 1/32 in float32.)
 """
 
 _SIMILARITIES = ("l2", "cosine")
