@@ -68,11 +68,11 @@ class _Levels:
     matmul with ``scan`` (G, 2G + 1) gives every prefix and suffix sum and a zero (column
     ``2G``); ``index[y, :2G]`` picks the two parts of each level (the zero for an empty
     part), and ``index[y, 2G:]`` is the distance ``|y - g|`` (G,) for the way back from
-    levels to groups. ``level_counts`` (G, G^2) turns the group histogram of the contrast
-    set into the count of samples at each (anchor group, level), and ``eye`` (G, G) gives
-    the one-hot rows. ``level_index`` (G, 2G) picks the groups ``y - l`` and ``y + l``
-    (column ``G`` of a padded row for none) for the log-space forward. O(n G^2) for n
-    anchors, with no scatter.
+    levels to groups; ``distance`` (G, G) also turns the group histogram into the count of
+    samples at each (anchor group, level). ``eye`` (G, G) gives the one-hot rows, and
+    ``level_index`` (G, 2G) picks the groups ``y - l`` and ``y + l`` (column ``G`` of a
+    padded row for none) for the log-space forward. Every table is O(G^2); the work is
+    O(n G^2) for n anchors.
     """
 
     def __init__(self, num_groups: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -91,10 +91,6 @@ class _Levels:
             self.distance = (y - level).abs()
             self.index = torch.cat([tail_index, self.distance], dim=1)
             self.level_index = torch.cat([below, above], dim=1).clamp_max_(g)
-            # [h, y * G + l] = 1 where group h lies l groups from y; minus the anchor itself
-            at_level = self.distance.T[:, :, None] == level[None]  # (h, y, l)
-            self.level_counts = at_level.reshape(g, g * g).to(dtype)
-            self.minus_self = -(level == 0).to(dtype).expand(g, g).reshape(1, g * g)
             self.eye = torch.eye(g, dtype=dtype, device=device)
 
     def one_hot(self, y: Tensor) -> Tensor:
@@ -103,9 +99,13 @@ class _Levels:
 
     def counts(self, one_hot: Tensor) -> Tensor:
         """``C[y, l]``: how many samples ``k != i`` lie ``l`` groups from an anchor ``i`` in
-        group ``y``, from the one-hot groups of the contrast set; (G, G)."""
-        hist = one_hot.sum(dim=0, keepdim=True)
-        return torch.addmm(self.minus_self, hist, self.level_counts).view(hist.shape[1], -1)
+        group ``y``, from the one-hot groups of the contrast set; (G, G). The group
+        histogram is added at each distance ``|y - h|`` (O(G^2); whole counts, so exact in
+        any order), less the anchor itself at level 0."""
+        hist = one_hot.sum(dim=0, keepdim=True).expand_as(self.eye)
+        counts = torch.zeros_like(self.eye).scatter_add_(1, self.distance, hist)
+        counts[:, 0] -= 1.0
+        return counts
 
     def tails(self, per_group: Tensor, index: Tensor) -> Tensor:
         """``out[i, l] = sum_{g : |g - y_i| >= l} per_group[i, g]``, (n, G) from (n, G), with

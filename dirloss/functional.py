@@ -532,10 +532,11 @@ def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
 # max(128, 8 sqrt(N)) values. Its extra work grows as N G^2 ((N, G) tables against (G, 2G)
 # ones) besides the N x N by N x G matmul, the sort kernel's as N^2 log N, so the crossover
 # moves up with N. Measured (forward + backward, D = 128, CPU; grouped / continuous time):
-# N = 256: 0.91x at G = 128, 2.0x at 256; N = 1024: 0.76x at 256, 1.9x at 512 (bench_ops
-# "span" table); N = 4096: 0.72x at 256, 0.96x at 512. 8 sqrt(N) is 128, 256 and 512 there.
-# The floor of 128 keeps small integer ranges (binned labels, ages) on the group kernel
-# in small batches too, where both kernels cost about a millisecond.
+# N = 256: 0.77x at G = 128, 1.21x at 256; N = 1024: 0.80x at 256, 1.30x at 512;
+# N = 4096: 0.95x at 512, 1.45x at 1024. 8 sqrt(N) (128, 256 and 512 there) stays on the
+# group kernel's side of the crossover. The floor of 128 keeps small integer ranges
+# (binned labels, ages) on the group kernel in small batches too, where both kernels cost
+# about a millisecond.
 _MAX_INFERRED_GROUPS = 128
 
 

@@ -1025,3 +1025,12 @@ def test_wide_span_limit_grows_with_the_batch(kernel_calls):
     loss_fn(features, labels)
     loss_fn(features, labels + (torch.arange(1024) == 7).long() * 256)  # span 264
     assert kernel_calls == [("grouped", 256), ("continuous", None)]
+
+
+# The group kernel's cached tables are O(G^2): labels spanning hundreds of values (the
+# inferred-groups limit reaches 512 at N = 4096) must not build a G^3 table.
+def test_group_tables_grow_as_g_squared():
+    g = 512
+    levels = _contrastive._Levels(g, torch.float32, torch.device("cpu"))
+    sizes = {k: v.numel() for k, v in vars(levels).items() if isinstance(v, torch.Tensor)}
+    assert max(sizes.values()) <= 3 * g * g, sizes
