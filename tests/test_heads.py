@@ -10,6 +10,8 @@ from torch import nn
 
 from dirloss import GroupBinner, HeadOutput, MultiExpertHead, select_inference
 
+from _references import ref_argmax
+
 
 # ---------------------------------------------------------------------------------------------
 # Reference: plain loops written straight from the definitions.
@@ -61,14 +63,6 @@ def make_head(*args, residual, **kwargs):
             for p in head.experts.parameters():
                 p.normal_()
     return head
-
-
-def ref_argmax(row):
-    best = 0
-    for k, v in enumerate(row):
-        if v > row[best]:
-            best = k
-    return best
 
 
 def ref_soft(logit_row, expert_rows):

@@ -21,6 +21,8 @@ from dirloss.functional import (
     mixture_mse_loss,
 )
 
+from _references import ref_expert_mse, ref_mixture_mse, ref_share_table
+
 G, D = 4, 6
 
 PARTS = ("grc", "mse", "soft", "mix")
@@ -57,48 +59,6 @@ def make(device="cpu", *, n=10, out_features=1, dtype=torch.float32, paper=False
 # ---------------------------------------------------------------------------------------------
 # Reference: the total from its parts, each computed independently.
 # ---------------------------------------------------------------------------------------------
-def ref_share_table(num_groups, share):
-    """w[k][g] = exp(-|g - k| / s) / sum_h exp(-|h - k| / s); the identity for s = 0."""
-    if share == 0:
-        return [[float(g == k) for g in range(num_groups)] for k in range(num_groups)]
-    rows = []
-    for k in range(num_groups):
-        e = [math.exp(-abs(g - k) / share) for g in range(num_groups)]
-        rows.append([v / sum(e) for v in e])
-    return rows
-
-
-def ref_expert_mse(experts, target, groups, share, unit):
-    """1 / (N O unit^2) sum_i sum_g w[g_i][g] sum_o (experts[i][g][o] - y[i][o])^2."""
-    n, num_groups, out_features = experts.shape
-    w = ref_share_table(num_groups, share)
-    e = experts.detach().double().cpu().tolist()
-    y = target.detach().double().cpu().reshape(n, out_features).tolist()
-    total = 0.0
-    for i in range(n):
-        k = int(groups[i])
-        for g in range(num_groups):
-            total += w[k][g] * sum((e[i][g][o] - y[i][o]) ** 2 for o in range(out_features))
-    return torch.tensor(total / (max(n * out_features, 1) * unit**2), dtype=torch.float64)
-
-
-def ref_mixture_mse(logits, experts, target, unit):
-    """1 / (N O unit^2) sum_i sum_o (sum_g softmax(z_i)_g experts[i][g][o] - y[i][o])^2."""
-    n, num_groups, out_features = experts.shape
-    z = logits.detach().double().cpu().tolist()
-    e = experts.detach().double().cpu().tolist()
-    y = target.detach().double().cpu().reshape(n, out_features).tolist()
-    total = 0.0
-    for i in range(n):
-        m = max(z[i])
-        w = [math.exp(v - m) for v in z[i]]
-        w = [v / sum(w) for v in w]
-        for o in range(out_features):
-            mix = sum(w[g] * e[i][g][o] for g in range(num_groups))
-            total += (mix - y[i][o]) ** 2
-    return torch.tensor(total / (max(n * out_features, 1) * unit**2), dtype=torch.float64)
-
-
 def ref_parts(criterion, output, features, target, groups=None, **kwargs):
     """(grc, mse, soft, mix) of the settings ``settings_of(kwargs)`` (pass ``paper=True`` for
     the paper's)."""
@@ -114,7 +74,9 @@ def ref_parts(criterion, output, features, target, groups=None, **kwargs):
         similarity=s["similarity"],
     )
     unit = float(binner.label_std) if s["standardize_mse"] else 1.0
-    mse = ref_expert_mse(output.experts, target, groups.cpu(), s["expert_share"], unit)
+    weights = ref_share_table(binner.num_groups, s["expert_share"])
+    mse = torch.tensor(ref_expert_mse(output.experts, target, groups.cpu(), weights, unit),
+                       dtype=torch.float64)
     adjustment = None
     if s["tau"] and criterion.training:
         counts = binner.counts.double().clamp_min(1.0)
@@ -125,7 +87,8 @@ def ref_parts(criterion, output, features, target, groups=None, **kwargs):
     )
     # the mixture of the raw logits (the training-time logit adjustment is the soft-label
     # term's), in the same unit as the expert MSE
-    mix = ref_mixture_mse(output.logits, output.experts, target, unit)
+    mix = torch.tensor(ref_mixture_mse(output.logits, output.experts, target, unit),
+                       dtype=torch.float64)
     return grc, mse.to(grc.device), soft, mix.to(grc.device)
 
 

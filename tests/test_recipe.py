@@ -19,61 +19,12 @@ from dirloss.functional import (
     mixture_mse_loss,
 )
 
+from _references import ref_argmax, ref_expert_mse, ref_mixture_mse, ref_share_table
+
 
 # ---------------------------------------------------------------------------------------------
 # Reference: plain loops written straight from the definitions.
 # ---------------------------------------------------------------------------------------------
-def ref_share_table(num_groups, share):
-    """w[k][g] = exp(-|g - k| / s) / sum_h exp(-|h - k| / s); w[k][g] = [g == k] for s = 0."""
-    if share == 0:
-        return [[float(g == k) for g in range(num_groups)] for k in range(num_groups)]
-    rows = []
-    for k in range(num_groups):
-        e = [math.exp(-abs(g - k) / share) for g in range(num_groups)]
-        rows.append([v / sum(e) for v in e])
-    return rows
-
-
-def ref_expert_mse(experts, target, groups, table=None, scale=1.0):
-    """1 / (N O s^2) sum_i sum_g w[g_i][g] sum_o (experts[i][g][o] - y[i][o])^2, where w is
-    the identity when no table is given; 0 for an empty batch."""
-    n, num_groups, out_features = experts.shape
-    e = experts.detach().double().tolist()
-    y = target.detach().double().tolist()
-    w = table.double().tolist() if table is not None else ref_share_table(num_groups, 0)
-    total = 0.0
-    for i in range(n):
-        k = int(groups[i])
-        for g in range(num_groups):
-            total += w[k][g] * sum((e[i][g][o] - y[i][o]) ** 2 for o in range(out_features))
-    return total / (max(n * out_features, 1) * float(scale) ** 2)
-
-
-def ref_mixture_mse(logits, experts, target, scale=1.0):
-    """1 / (N O s^2) sum_i sum_o (sum_g softmax(z_i)_g experts[i][g][o] - y[i][o])^2, with a
-    max-subtracted softmax; 0 for an empty batch."""
-    n, num_groups, out_features = experts.shape
-    z = logits.detach().double().tolist()
-    e = experts.detach().double().tolist()
-    y = target.detach().double().tolist()
-    total = 0.0
-    for i in range(n):
-        m = max(z[i])
-        w = [math.exp(v - m) for v in z[i]]
-        w = [v / sum(w) for v in w]
-        for o in range(out_features):
-            total += (sum(w[g] * e[i][g][o] for g in range(num_groups)) - y[i][o]) ** 2
-    return total / (max(n * out_features, 1) * float(scale) ** 2)
-
-
-def ref_argmax(row):
-    best = 0
-    for k, v in enumerate(row):
-        if v > row[best]:
-            best = k
-    return best
-
-
 def ref_combine(logits, experts, inference, adjustment=None):
     """z~ = z - a; argmax: the expert of the largest z~; soft: sum_g softmax(z~)_g expert_g."""
     out = []
@@ -212,7 +163,8 @@ def test_expert_mse_matches_loop(out_features, share, scale, device):
         experts, target, groups, table=None if table is None else table.to(device), scale=scale
     )
     assert got.shape == () and got.dtype == torch.float64
-    ref = ref_expert_mse(experts.cpu(), target.cpu(), groups.cpu(), table, scale)
+    weights = ref_share_table(4, 0.0 if share is None else share)  # None: true group only
+    ref = ref_expert_mse(experts, target, groups.cpu(), weights, scale)
     assert math.isclose(got.item(), ref, rel_tol=1e-12)
 
 
