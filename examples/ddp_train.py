@@ -98,11 +98,11 @@ def print_table(metrics: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=128, help="per process")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--groups", type=int, default=10)
-    parser.add_argument("--train-size", type=int, default=8000)
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--groups", type=int, default=10, help="G, groups of the label range")
+    parser.add_argument("--train-size", type=int, default=8000, help="training samples in all")
     parser.add_argument("--timeout", type=float, default=120.0, help="collective timeout, s")
     parser.add_argument("--smoke", action="store_true", help="1 epoch on a small set (CI)")
     args = parser.parse_args()

@@ -216,11 +216,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                         help="holds stsb-dir/ (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
     parser.add_argument("--epochs", type=float, default=3.0, help="epochs of each run (default 3)")
     parser.add_argument("--max-steps", type=int, default=-1, help="stop each run after this many steps")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="sentence pairs per step")
     parser.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate; the head gets 30x")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per sentence pair")
     parser.add_argument("--groups", type=int, default=10, help="G, equal-width groups of the score range")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny random BERT, 96 / 64 / 64 pairs, 3 steps per run (CI, seconds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -188,20 +188,20 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
                         help="holds tabular/ (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
-    parser.add_argument("--table", default="abalone")
-    parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--table", default="abalone", help="which table of tabular/")
+    parser.add_argument("--groups", type=int, default=10, help="G, groups of the label range")
     parser.add_argument("--epochs", type=int, default=150, help="MSE training of the original")
     parser.add_argument("--finetune-epochs", type=int, default=100, help="after retrofitting")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=128, help="rows per step")
+    parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP")
+    parser.add_argument("--lr", type=float, default=1e-3, help="backbone learning rate")
     parser.add_argument("--head-lr", type=float, default=3e-2, help="of the retrofitted head (30x --lr)")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
     parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
     parser.add_argument("--tau", type=float, default=0.0,
                         help="logit adjustment of the group classifier (> 0 favours rare groups)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true", help="a few epochs (CI)")
     args = parser.parse_args(argv)

@@ -213,15 +213,15 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
                         help="holds stsb-dir/ (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
     parser.add_argument("--epochs", type=int, default=3, help="MSE fine-tuning of the original")
     parser.add_argument("--finetune-epochs", type=int, default=2, help="after retrofitting")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="sentence pairs per step")
     parser.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence pair")
+    parser.add_argument("--groups", type=int, default=10, help="G, groups of the score range")
     parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
     parser.add_argument("--control", action="store_true",
                         help="also fine-tune the MSE model for the same extra epochs with MSE")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--smoke", action="store_true",
                         help="a few hundred pairs, a few steps, max_length 64 (CI)")
