@@ -1,14 +1,15 @@
-"""Argument checks shared by the functional ops and modules (private)."""
+"""Argument checks and small module helpers shared by the functional ops and modules
+(private)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -106,14 +107,19 @@ def as_vector(values: Any, name: str) -> np.ndarray:
     return array
 
 
-def apply_keeping_float64(module: Any, names: Any, apply: Any) -> None:
-    """Run ``apply()`` (the module's ``nn.Module._apply``) but keep the float64 buffers
-    ``names`` in float64: ``.half()`` / ``.to(dtype)`` must not round edges or settings,
-    so those buffers follow the device only."""
-    kept = {name: getattr(module, name) for name in names}
-    apply()
-    for name, value in kept.items():
-        setattr(module, name, value.to(getattr(module, name).device))
+class Float64Buffers(nn.Module):
+    """A module whose buffers named in ``_float64_buffers`` stay float64: ``.half()`` /
+    ``.to(dtype)`` must not round edges or settings (tau reads back exactly as set), so
+    those buffers follow the device only."""
+
+    _float64_buffers: Tuple[str, ...] = ()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        kept = {name: getattr(self, name) for name in self._float64_buffers}
+        super()._apply(fn, recurse)
+        for name, value in kept.items():
+            setattr(self, name, value.to(getattr(self, name).device))
+        return self
 
 
 def _autocast_check() -> Any:

@@ -8,10 +8,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._validation import (
-    apply_keeping_float64,
+    Float64Buffers,
     as_float64_array,
     as_vector,
     check_num_groups,
@@ -53,7 +53,7 @@ def _check_edges(edges: np.ndarray) -> np.ndarray:
     return edges
 
 
-class GroupBinner(nn.Module):
+class GroupBinner(Float64Buffers):
     r"""Splits a continuous label range into ``num_groups`` ordered groups.
 
     Group ``k`` holds :math:`e_k \le y < e_{k+1}`; the last group also holds :math:`e_G`.
@@ -104,6 +104,8 @@ class GroupBinner(nn.Module):
     label_std: Tensor
     fit_range: Tensor
     fit_mode: Tensor
+
+    _float64_buffers = ("edges", "centers", "label_std", "fit_range")
 
     def __init__(
         self,
@@ -262,13 +264,6 @@ class GroupBinner(nn.Module):
 
     def _uniform_std(self) -> float:
         return float(self.edges[-1] - self.edges[0]) / math.sqrt(12.0)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> "GroupBinner":
-        # .half() / .to(dtype) must not round the bin edges: follow the device, stay float64.
-        base_apply = super()._apply
-        names = ("edges", "centers", "label_std", "fit_range")
-        apply_keeping_float64(self, names, lambda: base_apply(fn, recurse))
-        return self
 
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any

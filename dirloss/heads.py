@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import functional as DF
 from ._validation import (
-    apply_keeping_float64,
+    Float64Buffers,
     check_group_range,
     check_group_targets,
     check_non_negative,
@@ -33,7 +33,7 @@ class HeadOutput(NamedTuple):
     prediction: Tensor
 
 
-class MultiExpertHead(nn.Module):
+class MultiExpertHead(Float64Buffers):
     r"""A regression head with a group classifier and one linear expert per group.
 
     .. math::
@@ -89,6 +89,8 @@ class MultiExpertHead(nn.Module):
 
     log_prior: Tensor
     logit_tau: Tensor
+
+    _float64_buffers = ("logit_tau",)
 
     def __init__(
         self,
@@ -258,12 +260,6 @@ class MultiExpertHead(nn.Module):
             bias = torch.cat([self.classifier.bias, bias])
         logits, experts = F.linear(features, weight, bias).split([g, g * o], dim=1)
         return logits.contiguous(), experts.contiguous().unflatten(1, (g, o))
-
-    def _apply(self, fn: Any, recurse: bool = True) -> "MultiExpertHead":
-        # tau stays float64, so it reads back exactly as set.
-        base_apply = super()._apply
-        apply_keeping_float64(self, ("logit_tau",), lambda: base_apply(fn, recurse))
-        return self
 
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any

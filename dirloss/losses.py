@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from . import functional as DF
 from ._validation import (
-    apply_keeping_float64,
+    Float64Buffers,
     check_group_range,
     check_non_negative,
     check_reduction,
@@ -20,7 +20,7 @@ from .distributed import gather_batch, is_distributed
 __all__ = ["DescendingSoftLabelLoss", "GroupContrastiveLoss"]
 
 
-class DescendingSoftLabelLoss(nn.Module):
+class DescendingSoftLabelLoss(Float64Buffers):
     r"""Cross-entropy of group logits against soft labels that descend from the true group.
 
     See :func:`dirloss.functional.descending_soft_label_loss` for the math. The (G, G) table
@@ -60,6 +60,8 @@ class DescendingSoftLabelLoss(nn.Module):
     table: Tensor
     logit_tau: Tensor
     logit_adjustment: Tensor
+
+    _float64_buffers = ("logit_tau",)
 
     def __init__(
         self,
@@ -123,12 +125,6 @@ class DescendingSoftLabelLoss(nn.Module):
         if group_counts is None:
             return self.logit_adjustment
         return self.logit_tau.to(torch.float32) * self._log_prior(group_counts)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> "DescendingSoftLabelLoss":
-        # tau stays float64, so it reads back exactly as set.
-        base_apply = super()._apply
-        apply_keeping_float64(self, ("logit_tau",), lambda: base_apply(fn, recurse))
-        return self
 
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
