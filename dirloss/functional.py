@@ -523,9 +523,12 @@ def _check_contrastive_inputs(
         )
 
 
+def _integer_labels(labels: Tensor) -> bool:
+    return not (labels.dtype.is_floating_point or labels.dtype.is_complex)
+
+
 def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
-    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
-    return integer and num_groups is not None
+    return _integer_labels(labels) and num_groups is not None
 
 
 # Integer labels without num_groups take the fused kernel when they span at most
@@ -551,8 +554,9 @@ def _inferred_groups(labels: Tensor) -> "Optional[tuple[Tensor, int]]":
     read. None where the continuous kernel applies instead: float, bool or (N, L > 1)
     labels, an empty batch, a span over :func:`_max_inferred_groups`, or under
     ``torch.compile`` (a host read would break the graph)."""
-    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex)
-    if not integer or labels.dtype == torch.bool or labels.numel() != labels.shape[0]:
+    if not _integer_labels(labels) or labels.dtype == torch.bool:
+        return None
+    if labels.numel() != labels.shape[0]:  # (N, L > 1)
         return None
     if labels.numel() == 0 or _contrastive._is_compiling():
         return None
