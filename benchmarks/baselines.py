@@ -18,7 +18,6 @@ so syncs with the host and does not compile with ``fullgraph=True``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -193,9 +192,9 @@ class LDSReweighting(nn.Module):
         kernel_size: int = 5,
         sigma: float = 2.0,
         power: float = 0.5,
-        low: Optional[float] = None,
-        high: Optional[float] = None,
-        edges: Optional[Tensor] = None,
+        low: float | None = None,
+        high: float | None = None,
+        edges: Tensor | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
@@ -216,7 +215,7 @@ class LDSReweighting(nn.Module):
         self.register_buffer("bin_weights", torch.ones(num_bins, dtype=torch.float64))
         self._has_edges = edges is not None
 
-    def fit(self, labels: Tensor) -> "LDSReweighting":
+    def fit(self, labels: Tensor) -> LDSReweighting:
         """Histogram ``labels`` (training targets, shape (N,) or (N, 1)) and store the weights."""
         y = torch.as_tensor(labels).detach().reshape(-1).to("cpu", torch.float64)
         if y.numel() == 0 or not bool(torch.isfinite(y).all()):
@@ -269,7 +268,7 @@ def bmc_loss(
     input: Tensor,
     target: Tensor,
     *,
-    noise_var: Union[Tensor, float],
+    noise_var: Tensor | float,
     reduction: str = "mean",
 ) -> Tensor:
     r"""Balanced MSE with the Batch-based Monte-Carlo (BMC) estimate (Ren et al., 2022).
@@ -366,7 +365,7 @@ class _BlackboxRank(torch.autograd.Function):
         return ranks
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         scores, ranks = ctx.saved_tensors
         perturbed = _rank(scores + ctx.lam * grad_output)
         return (perturbed - ranks) / ctx.lam, None
@@ -400,7 +399,7 @@ def blackbox_rank(scores: Tensor, interpolation_lambda: float = 2.0) -> Tensor:
     return _BlackboxRank.apply(scores, float(interpolation_lambda))
 
 
-def unique_label_mask(target: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+def unique_label_mask(target: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     r"""A boolean mask keeping one sample, chosen uniformly at random, per distinct label.
 
     Each sample gets a distinct random key (a random permutation); within a label the sample
@@ -430,7 +429,7 @@ def ranksim_loss(
     *,
     interpolation_lambda: float = 2.0,
     unique_labels: bool = True,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""The RankSim regulariser (Gong et al., ICML 2022), before its weight :math:`\gamma`.
 
@@ -504,7 +503,7 @@ class RankSimLoss(nn.Module):
         self.interpolation_lambda = float(interpolation_lambda)
         self.unique_labels = unique_labels
 
-    def forward(self, features: Tensor, target: Tensor, *, generator: Optional[torch.Generator] = None) -> Tensor:
+    def forward(self, features: Tensor, target: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         return self.gamma * ranksim_loss(
             features,
             target,

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -220,7 +220,7 @@ def train_step(impl: str, model: str, device: str) -> Callable[[], None]:
     return step
 
 
-def make_step(case: Dict) -> Callable[[], None]:
+def make_step(case: dict) -> Callable[[], None]:
     kind, device = case["op"], case["device"]
     if kind == "contrastive":
         return contrastive_step(case["impl"], case["n"], case["d"], device, case.get("chunk", 0))
@@ -240,8 +240,8 @@ def _sync(device: str) -> None:
 
 
 def time_interleaved(
-    cases: List[Dict], warmup: int, reps: int, min_total_s: float = 0.0
-) -> List[Dict[str, float]]:
+    cases: list[dict], warmup: int, reps: int, min_total_s: float = 0.0
+) -> list[dict[str, float]]:
     """Time several cases in alternation (ABAB...), so slow drifts of a shared machine hit
     every variant alike; the ratio of medians is then a fair comparison. Sub-millisecond
     steps get more repeats (and a tenth of them as more warm-up), up to ``min_total_s`` of
@@ -263,7 +263,7 @@ def time_interleaved(
             for step in steps:
                 step()
         _sync(cases[0]["device"])
-    times: List[List[float]] = [[] for _ in cases]
+    times: list[list[float]] = [[] for _ in cases]
     for _ in range(reps):
         for step, acc in zip(steps, times):
             start = time.perf_counter()
@@ -273,12 +273,12 @@ def time_interleaved(
     return [_summary(t) for t in times]
 
 
-def _summary(times: List[float]) -> Dict[str, float]:
+def _summary(times: list[float]) -> dict[str, float]:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median_ms": 1e3 * statistics.median(times), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]}
 
 
-def time_case(case: Dict, warmup: int, reps: int, min_total_s: float = 0.0) -> Dict[str, float]:
+def time_case(case: dict, warmup: int, reps: int, min_total_s: float = 0.0) -> dict[str, float]:
     return time_interleaved([case], warmup, reps, min_total_s)[0]
 
 
@@ -290,7 +290,7 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory_here(case: Dict) -> float:
+def measure_memory_here(case: dict) -> float:
     """Peak extra memory (MB) of one step, measured in this (fresh) process."""
     step = make_step(case)
     if case["device"] == "cuda":
@@ -308,7 +308,7 @@ def measure_memory_here(case: Dict) -> float:
     return (_rss_kib("VmHWM") - base) / 1024
 
 
-def measure_memory(case: Dict) -> float:
+def measure_memory(case: dict) -> float:
     out = subprocess.run(
         [sys.executable, __file__, "--memory-case", json.dumps(case)],
         capture_output=True, text=True, check=True,
@@ -317,7 +317,7 @@ def measure_memory(case: Dict) -> float:
 
 
 # ---------------------------------------------------------------------------- the plan
-def plan(quick: bool, device: str) -> List[Dict]:
+def plan(quick: bool, device: str) -> list[dict]:
     sizes = [64, 256] if quick else [64, 256, 1024, 2048, 4096]
     dims = [128] if quick else [128, 512]
     impls = ["dirloss", "floor", "rnc-loop", *CONTRAST_EXTRA] + (
@@ -347,7 +347,7 @@ def plan(quick: bool, device: str) -> List[Dict]:
     return cases
 
 
-def loop_skip_reason(case: Dict, timed: Dict[tuple, Dict]) -> str:
+def loop_skip_reason(case: dict, timed: dict[tuple, dict]) -> str:
     """Why the O(n^3) loop is skipped at this size ("" to run it): memory, or time
     extrapolated from the largest size timed so far."""
     n = case["n"]
@@ -370,23 +370,23 @@ CONTRAST_EXTRA = ("dirloss-default", "continuous")
 EAGER_MEASURED = ("dirloss", "floor", "mse", "group-dir", *CONTRAST_EXTRA)  # peak memory rows
 
 
-def _repeats(case: Dict, quick: bool) -> "tuple[int, int]":
+def _repeats(case: dict, quick: bool) -> tuple[int, int]:
     if quick:
         return 1, 3
     slow = case.get("n", 0) >= 2048 or case["op"] == "train_step"
     return (2, 7) if slow else (3, 15)
 
 
-def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
+def run(cases: list[dict], quick: bool, memory: bool) -> list[dict]:
     """Time every case: the variants of one size (ours, the floor, compiled or not) in
     alternation, the Python-loop baselines alone right after; then measure memory."""
     rows = [dict(case) for case in cases]
-    groups: Dict[tuple, List[Dict]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
         if not row.get("memory_only"):
             key = (row["op"], row.get("n"), row.get("d"), row.get("model"), row.get("span"))
             groups.setdefault(key, []).append(row)
-    timed: Dict[tuple, Dict] = {}
+    timed: dict[tuple, dict] = {}
     min_total_s = 0.0 if quick else MIN_TIMED_S
     for members in tqdm(list(groups.values()), desc="sizes"):
         together = [r for r in members if r["impl"] not in BASELINE_LOOPS]
@@ -412,7 +412,7 @@ def run(cases: List[Dict], quick: bool, memory: bool) -> List[Dict]:
 
 
 # ---------------------------------------------------------------------------- reporting
-def _fmt(row: Dict) -> str:
+def _fmt(row: dict) -> str:
     if "skipped" in row:
         return "skipped"
     if "median_ms" not in row:
@@ -420,7 +420,7 @@ def _fmt(row: Dict) -> str:
     return f"{row['median_ms']:.2f} ({row['q1_ms']:.2f}-{row['q3_ms']:.2f})"
 
 
-def tables(rows: List[Dict]) -> str:
+def tables(rows: list[dict]) -> str:
     out = []
     every = [r for r in rows if r["op"] == "contrastive" and not r.get("memory_only")]
     contrast = [r for r in every if r["impl"] not in CONTRAST_EXTRA]
@@ -451,7 +451,7 @@ def tables(rows: List[Dict]) -> str:
         out.append(f"\n### {title}, ms: median (IQR)\n")
         out.append("| case | impl | time | ratio to first | peak MB |")
         out.append("|---|---|---|---|---|")
-        groups: Dict[str, List[Dict]] = {}
+        groups: dict[str, list[dict]] = {}
         for r in part:
             key = r.get("model") or f"N={r['n']}"
             groups.setdefault(key + (" compiled" if r["impl"].endswith("+compile") else ""), []).append(r)
@@ -463,14 +463,14 @@ def tables(rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
-def _n2_floats(row: Dict) -> str:
+def _n2_floats(row: dict) -> str:
     """Peak extra memory in units of N^2 float32 values (the unit of issue 12's targets)."""
     if "peak_extra_mb" not in row:
         return "-"
     return f"{row['peak_extra_mb'] * 2**20 / (4 * row['n'] ** 2):.1f}"
 
 
-def extra_contrast_table(contrast: List[Dict]) -> List[str]:
+def extra_contrast_table(contrast: list[dict]) -> list[str]:
     """The default call (no num_groups) and the continuous kernel, against dirloss with
     num_groups and the floor of the same size (timed in alternation with them)."""
     keyed = {(r["impl"], r["n"], r["d"]): r for r in contrast}
@@ -495,7 +495,7 @@ def extra_contrast_table(contrast: List[Dict]) -> List[str]:
     return out
 
 
-def span_table(rows: List[Dict]) -> List[str]:
+def span_table(rows: list[dict]) -> list[str]:
     """Fused kernel (G = span) against the continuous kernel, by the labels' span."""
     if not rows:
         return []
@@ -512,15 +512,15 @@ def span_table(rows: List[Dict]) -> List[str]:
     return out
 
 
-def issue_targets(rows: List[Dict]) -> List[str]:
+def issue_targets(rows: list[dict]) -> list[str]:
     """Issue 12's done-when ratios from this run's rows ("-" where a size was not run)."""
     keyed = {(r["op"], r["impl"], r.get("n"), r.get("d"), r.get("model")): r for r in rows
              if not r.get("memory_only")}
 
-    def get(impl: str, n: int, d: int) -> Dict:
+    def get(impl: str, n: int, d: int) -> dict:
         return keyed.get(("contrastive", impl, n, d, None), {})
 
-    def ratio(a: Dict, b: Dict) -> str:
+    def ratio(a: dict, b: dict) -> str:
         return f"{a['median_ms'] / b['median_ms']:.2f}x" if "median_ms" in a and "median_ms" in b else "-"
 
     out = ["\n### Issue 12 targets (this run)\n", "| target | limit | measured |", "|---|---|---|"]
@@ -543,7 +543,7 @@ def issue_targets(rows: List[Dict]) -> List[str]:
     return out
 
 
-def machine() -> Dict[str, str]:
+def machine() -> dict[str, str]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:

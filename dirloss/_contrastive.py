@@ -16,7 +16,7 @@ shape (n,) (N - 1 taken as 1 for a single sample).
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,7 @@ class _Levels:
         parts = (per_group @ self.scan).gather(1, index[:, : 2 * per_group.shape[1]])
         return parts.view(per_group.shape[0], 2, -1).sum(dim=1)
 
-    def at_level(self, per_group: Tensor, y: Tensor, empty: float) -> Tuple[Tensor, Tensor]:
+    def at_level(self, per_group: Tensor, y: Tensor, empty: float) -> tuple[Tensor, Tensor]:
         """The values of the groups ``y_i - l`` and ``y_i + l`` (``empty`` outside
         ``[0, G)``, and for ``y_i + 0``, so level 0 counts once); two (n, G) tensors."""
         padded = F.pad(per_group, (0, 1), value=empty)
@@ -174,7 +174,7 @@ class _GroupContrast(torch.autograd.Function):
         num_groups: int,
         kind: str,
         temperature: float,
-        chunk_size: Optional[int],
+        chunk_size: int | None,
         reduction: str,
     ) -> Tensor:
         # The anchors are a slice of the contrast set, passed once (compile needs distinct
@@ -212,7 +212,7 @@ class _GroupContrast(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # the analytic backward is not itself differentiable: say so
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         z_c, norm, y_c, one_hot, table, saved, index = ctx.saved_tensors
         # w_i: dL/d(loss sum of anchor i) times ds/d<a, c> (for "l2", without its 1 / s).
         w = grad * (ctx.scale / (ctx.temperature if ctx.kind == "cosine" else -ctx.temperature**2))
@@ -236,7 +236,7 @@ class _GroupContrast(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None, None, None
 
 
-def _normalise(x_c: Tensor) -> "tuple[Tensor, Tensor]":
+def _normalise(x_c: Tensor) -> tuple[Tensor, Tensor]:
     """``z = x / |x|`` row-wise and the clamped norms (N, 1), as F.normalize computes them."""
     norm = torch.linalg.vector_norm(x_c, dim=1, keepdim=True).clamp_min_(_NORM_EPS)
     return x_c / norm, norm
@@ -275,7 +275,7 @@ def _shifted_exp(s: Tensor, kind: str, temperature: float) -> Tensor:
     return (s - shift).exp_() if shift else s.exp()
 
 
-def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tuple[int, int]]":
+def _chunks(offset: int, n_anchors: int, chunk_size: int | None) -> list[tuple[int, int]]:
     """Row ranges ``[lo, hi)`` of the contrast set covering the anchors, ``chunk_size`` each."""
     step = n_anchors if chunk_size is None else chunk_size
     end = offset + n_anchors
@@ -285,7 +285,7 @@ def _chunks(offset: int, n_anchors: int, chunk_size: Optional[int]) -> "list[Tup
 def _linear_rows(
     z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor,
     index: Tensor, lo: int, hi: int, kind: str, temperature: float, keep: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Loss sums (n,), ``A e^{shift}`` (n, G) by level, and the similarities if ``keep``
     (else an empty tensor), for the anchors ``lo..hi-1`` (``index``: their rows of
     ``levels.index``), in linear space (2 / T small enough). The kept similarities hold 0
@@ -309,7 +309,7 @@ def _linear_rows(
 def _log_rows(
     z_c: Tensor, y_c: Tensor, one_hot: Tensor, levels: _Levels, counts: Tensor,
     index: Tensor, lo: int, hi: int, kind: str, temperature: float, keep: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """As :func:`_linear_rows`, in log space (the table is ``log A``): exact at any
     temperature."""
     y_a = y_c[lo:hi]
@@ -369,7 +369,7 @@ def _grad_rows(
 
 def grouped(
     x_c: Tensor, y_c: Tensor, offset: int, n_anchors: int, num_groups: int, kind: str,
-    temperature: float, chunk_size: Optional[int] = None, reduction: str = "none",
+    temperature: float, chunk_size: int | None = None, reduction: str = "none",
 ) -> Tensor:
     """Per-anchor mean losses (n,) for integer groups in ``[0, num_groups)``, or their
     ``"mean"`` or ``"sum"`` (a scalar).

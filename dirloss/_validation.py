@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
         )
 
 
-def check_group_targets(name: str, target: Tensor, n: Optional[int] = None) -> None:
+def check_group_targets(name: str, target: Tensor, n: int | None = None) -> None:
     """A 1-D integer tensor of group indices (of length ``n`` when given)."""
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise ValueError(f"expected {name} to hold integer group indices, got dtype {target.dtype}")
@@ -112,7 +112,7 @@ class Float64Buffers(nn.Module):
     ``.to(dtype)`` must not round edges or settings (tau reads back exactly as set), so
     those buffers follow the device only."""
 
-    _float64_buffers: Tuple[str, ...] = ()
+    _float64_buffers: tuple[str, ...] = ()
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         kept = {name: getattr(self, name) for name in self._float64_buffers}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ _STRATEGIES = ("uniform", "quantile")
 _EXPLICIT = len(_STRATEGIES)  # the ``fit_mode`` code of explicit edges (kept by ``fit``)
 
 
-def _check_bound(name: str, value: object) -> Optional[float]:
+def _check_bound(name: str, value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -112,9 +113,9 @@ class GroupBinner(Float64Buffers):
         num_groups: int,
         *,
         strategy: str = "uniform",
-        low: Optional[float] = None,
-        high: Optional[float] = None,
-        edges: Optional[ArrayLike] = None,
+        low: float | None = None,
+        high: float | None = None,
+        edges: ArrayLike | None = None,
     ) -> None:
         super().__init__()
         if strategy not in _STRATEGIES:
@@ -159,12 +160,12 @@ class GroupBinner(Float64Buffers):
         return self._strategy
 
     @property
-    def low(self) -> Optional[float]:
+    def low(self) -> float | None:
         """The fixed lower end of the ``"uniform"`` range, or None; read-only."""
         return self._low
 
     @property
-    def high(self) -> Optional[float]:
+    def high(self) -> float | None:
         """The fixed upper end of the ``"uniform"`` range, or None; read-only."""
         return self._high
 
@@ -183,7 +184,7 @@ class GroupBinner(Float64Buffers):
         """Whether the edges are set (by ``fit``, ``edges=`` or ``load_state_dict``)."""
         return self._fitted
 
-    def fit(self, labels: ArrayLike) -> "GroupBinner":
+    def fit(self, labels: ArrayLike) -> GroupBinner:
         """Set the edges from training labels (unless given) and count samples per group.
 
         Args:

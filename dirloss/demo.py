@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Dict, Iterator, Tuple, cast
+from collections.abc import Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ def make_long_tailed_regression(
     balanced: bool = False,
     noise: float = 0.3,
     seed: int = 0,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     r"""A synthetic imbalanced-regression task with labels in [0, 100].
 
     Labels follow a long-tailed law (most mass near 15-30, a thin tail up to 100, like ages
@@ -132,7 +133,7 @@ def _predict(model: nn.ModuleDict, x: Tensor) -> Tensor:
     return head(features)[:, 0]
 
 
-def _format_table(results: Dict[str, dict]) -> str:
+def _format_table(results: dict[str, dict]) -> str:
     w = max(len("method"), *(len(name) for name in results))
     lines = [
         f"| {'method':<{w}} | all MAE | many MAE | medium MAE | few MAE |  bMAE | all GM |",
@@ -147,7 +148,7 @@ def _format_table(results: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(
         prog="python -m dirloss.demo", description=__doc__.split("\n\n")[0]
     )

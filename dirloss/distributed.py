@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,7 +18,7 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_ints(n: int, device: torch.device) -> List[int]:
+def _all_ints(n: int, device: torch.device) -> list[int]:
     """Every rank's ``n`` (a size, a flag), in rank order (a collective; syncs with the host)."""
     size = torch.tensor([n], device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
@@ -26,7 +26,7 @@ def _all_ints(n: int, device: torch.device) -> List[int]:
     return [int(s) for s in sizes]
 
 
-def _gather_rows(x: Tensor, sizes: List[int]) -> Tensor:
+def _gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
     """All-gather ``x`` (``sizes[rank]`` rows here) into the (sum(sizes), ...) global tensor.
 
     The collective needs equal shapes, so the rows are padded to ``max(sizes)`` and trimmed.
@@ -47,20 +47,20 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: List[int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
         rank = dist.get_rank()
         ctx.lo = sum(sizes[:rank])
         ctx.hi = ctx.lo + sizes[rank]
         return _gather_rows(x, sizes)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
         dist.all_reduce(grad)
         return grad[ctx.lo : ctx.hi], None
 
 
-def gather_batch(features: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor, int]:
+def gather_batch(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, int]:
     """All-gather features (with gradients) and labels from every rank.
 
     A collective: call it on every rank. Local batches may differ in size (the last batch of

@@ -7,13 +7,12 @@ functions in its ``forward``: the math lives here, in one place.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _contrastive, _continuous
+from . import _continuous, _contrastive
 from ._validation import (
     check_group_range,
     check_group_targets,
@@ -79,8 +78,8 @@ def descending_soft_label_table(
     *,
     scale: float = 1.0,
     step: int = 1,
-    dtype: Optional[torch.dtype] = None,
-    device: Optional[torch.device] = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     r"""The (G, G) table of descending soft labels; row ``k`` is the label of true group ``k``.
 
@@ -147,9 +146,9 @@ def descending_soft_label_loss(
     *,
     scale: float = 1.0,
     step: int = 1,
-    logit_adjustment: Optional[Tensor] = None,
+    logit_adjustment: Tensor | None = None,
     reduction: str = "mean",
-    table: Optional[Tensor] = None,
+    table: Tensor | None = None,
 ) -> Tensor:
     r"""Cross-entropy of group logits against descending soft labels (L_soft).
 
@@ -214,8 +213,8 @@ def expert_share_table(
     num_groups: int,
     share: float,
     *,
-    dtype: Optional[torch.dtype] = None,
-    device: Optional[torch.device] = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     r"""The (G, G) table of expert weights; row ``k`` weighs the experts for true group ``k``.
 
@@ -255,8 +254,8 @@ def expert_mse_loss(
     target: Tensor,
     groups: Tensor,
     *,
-    table: Optional[Tensor] = None,
-    scale: Union[float, Tensor] = 1.0,
+    table: Tensor | None = None,
+    scale: float | Tensor = 1.0,
 ) -> Tensor:
     r"""Mean squared error of the experts, each weighted by its share of the sample's group.
 
@@ -312,7 +311,7 @@ def expert_mse_loss(
 
 
 def mixture_mse_loss(
-    logits: Tensor, experts: Tensor, target: Tensor, *, scale: Union[float, Tensor] = 1.0
+    logits: Tensor, experts: Tensor, target: Tensor, *, scale: float | Tensor = 1.0
 ) -> Tensor:
     r"""Mean squared error of the soft mixture of experts, in units of ``scale``.
 
@@ -352,7 +351,7 @@ def combine_experts(
     experts: Tensor,
     inference: str = "soft",
     *,
-    logit_adjustment: Optional[Tensor] = None,
+    logit_adjustment: Tensor | None = None,
 ) -> Tensor:
     r"""One prediction per sample from the group logits and every expert's prediction.
 
@@ -405,11 +404,11 @@ def group_contrastive_loss(
     features: Tensor,
     labels: Tensor,
     *,
-    num_groups: Optional[int] = None,
+    num_groups: int | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     similarity: str = "l2",
     reduction: str = "mean",
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> Tensor:
     r"""Group-aware ordinal contrastive loss (L_grc; Rank-N-Contrast applied to groups).
 
@@ -482,10 +481,10 @@ def group_contrastive_loss(
 def _check_contrastive_inputs(
     features: Tensor,
     labels: Tensor,
-    num_groups: Optional[int],
+    num_groups: int | None,
     temperature: float,
     similarity: str,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
 ) -> None:
     """Validate the hyper-parameters and the shapes, dtypes and devices of a batch."""
     check_positive("temperature", temperature)
@@ -527,7 +526,7 @@ def _integer_labels(labels: Tensor) -> bool:
     return not (labels.dtype.is_floating_point or labels.dtype.is_complex)
 
 
-def _uses_group_kernel(labels: Tensor, num_groups: Optional[int]) -> bool:
+def _uses_group_kernel(labels: Tensor, num_groups: int | None) -> bool:
     return _integer_labels(labels) and num_groups is not None
 
 
@@ -548,7 +547,7 @@ def _max_inferred_groups(n: int) -> int:
     return max(_MAX_INFERRED_GROUPS, int(8 * math.sqrt(n)))
 
 
-def _inferred_groups(labels: Tensor) -> "Optional[tuple[Tensor, int]]":
+def _inferred_groups(labels: Tensor) -> tuple[Tensor, int] | None:
     """For integer labels of shape (N,) or (N, 1) without ``num_groups``: the labels shifted
     to start at 0 and ``G = max - min + 1`` (at least 2), read from the batch with one host
     read. None where the continuous kernel applies instead: float, bool or (N, L > 1)
@@ -569,8 +568,8 @@ def _inferred_groups(labels: Tensor) -> "Optional[tuple[Tensor, int]]":
 
 
 def _prepare_contrastive(
-    features: Tensor, labels: Tensor, num_groups: Optional[int]
-) -> "tuple[Tensor, Tensor, Optional[int]]":
+    features: Tensor, labels: Tensor, num_groups: int | None
+) -> tuple[Tensor, Tensor, int | None]:
     """Cast checked features to the working dtype and shape the labels for
     :func:`_contrast_means` (the kernels normalise); the returned ``num_groups`` is None when
     the continuous kernel applies. Without ``num_groups``, integer labels get G inferred
@@ -591,10 +590,10 @@ def _contrast_means(
     y: Tensor,
     offset: int,
     n_anchors: int,
-    num_groups: Optional[int],
+    num_groups: int | None,
     similarity: str,
     temperature: float,
-    chunk_size: Optional[int] = None,
+    chunk_size: int | None = None,
     reduction: str = "none",
 ) -> Tensor:
     """Per-anchor means of ``l_ij`` over ``j`` (n,) for the anchors

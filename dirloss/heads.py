@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -102,8 +102,8 @@ class MultiExpertHead(Float64Buffers):
         inference: str = "soft",
         residual: bool = True,
         validate: bool = False,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -117,7 +117,7 @@ class MultiExpertHead(Float64Buffers):
         factory = {"device": device, "dtype": dtype}
         self.classifier = nn.Linear(in_features, num_groups, bias=bias, **factory)
         self.experts = nn.Linear(in_features, num_groups * out_features, bias=bias, **factory)
-        self.base: Optional[nn.Linear] = None
+        self.base: nn.Linear | None = None
         if self.residual:
             self.base = nn.Linear(in_features, out_features, bias=bias, **factory)
             _zero_(self.experts)
@@ -143,7 +143,7 @@ class MultiExpertHead(Float64Buffers):
         :meth:`set_logit_adjustment` (the ``logit_tau`` buffer, read on the host)."""
         return float(self.logit_tau)
 
-    def set_logit_adjustment(self, tau: float, group_counts: Optional[Tensor] = None) -> None:
+    def set_logit_adjustment(self, tau: float, group_counts: Tensor | None = None) -> None:
         r"""Subtract :math:`\tau \log \pi` from the logits at inference (not with ``groups``).
 
         :math:`\pi` = ``group_counts / group_counts.sum()`` is the training group prior
@@ -182,7 +182,7 @@ class MultiExpertHead(Float64Buffers):
         *,
         inference: str = "soft",
         residual: bool = True,
-    ) -> "MultiExpertHead":
+    ) -> MultiExpertHead:
         """Retrofit an existing regression layer: every expert starts as a copy of ``linear``.
 
         With ``residual=True`` the base is the copy and the deltas start at zero; with
@@ -227,7 +227,7 @@ class MultiExpertHead(Float64Buffers):
                     head.experts.bias.copy_(linear.bias.repeat(num_groups))
         return head
 
-    def forward(self, features: Tensor, groups: Optional[Tensor] = None) -> HeadOutput:
+    def forward(self, features: Tensor, groups: Tensor | None = None) -> HeadOutput:
         if features.dim() != 2 or features.shape[1] != self.in_features:
             raise ValueError(
                 f"expected features of shape (N, {self.in_features}), got {tuple(features.shape)}"
@@ -244,13 +244,13 @@ class MultiExpertHead(Float64Buffers):
             )
         return HeadOutput(logits, experts, prediction)
 
-    def _logits_and_experts(self, features: Tensor) -> "tuple[Tensor, Tensor]":
+    def _logits_and_experts(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """The classifier and every expert in one matmul (one autograd node instead of
         three, and the input's gradient from one matmul): the base is folded into the
         expert weights (``W_g + W_0``), and the classifier's rows are stacked on top."""
         g, o = self.num_groups, self.out_features
         weight: Tensor = self.experts.weight
-        bias: Optional[Tensor] = self.experts.bias
+        bias: Tensor | None = self.experts.bias
         if self.base is not None:
             weight = (weight.view(g, o, -1) + self.base.weight).view(g * o, -1)
             if bias is not None and self.base.bias is not None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ __all__ = [
     "select_inference",
 ]
 
-DEFAULT_INFERENCE_CANDIDATES: Tuple[Tuple[str, float], ...] = (
+DEFAULT_INFERENCE_CANDIDATES: tuple[tuple[str, float], ...] = (
     ("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5),
 )
 """The ``(inference, tau)`` pairs :func:`select_inference` tries by default."""
@@ -42,7 +43,7 @@ class InferenceChoice(NamedTuple):
     inference: str
     tau: float
     score: float
-    scores: Dict[Tuple[str, float], Tuple[float, float]]
+    scores: dict[tuple[str, float], tuple[float, float]]
 
 
 def balanced_mae(prediction: Tensor, target: Tensor, bin_edges: Tensor) -> Tensor:
@@ -89,10 +90,10 @@ def select_inference(
     target: Tensor,
     binner: GroupBinner,
     *,
-    candidates: Sequence[Tuple[str, float]] = DEFAULT_INFERENCE_CANDIDATES,
+    candidates: Sequence[tuple[str, float]] = DEFAULT_INFERENCE_CANDIDATES,
     metric: str = "bmae",
-    bin_edges: Optional[Tensor] = None,
-    max_mae_increase: Optional[float] = DEFAULT_MAE_GUARD,
+    bin_edges: Tensor | None = None,
+    max_mae_increase: float | None = DEFAULT_MAE_GUARD,
 ) -> InferenceChoice:
     r"""Choose ``head.inference`` and its logit adjustment on validation data, and set them.
 
@@ -144,7 +145,7 @@ def select_inference(
     edges = binner.edges if bin_edges is None else torch.as_tensor(bin_edges)
     out = head(features)
     head.set_logit_adjustment(head.tau, binner.counts)  # the prior of this binner
-    scores: Dict[Tuple[str, float], Tuple[float, float]] = {}
+    scores: dict[tuple[str, float], tuple[float, float]] = {}
     for inference, tau in candidates:
         adjustment = tau * head.log_prior if tau else None
         pred = DF.combine_experts(out.logits, out.experts, inference, logit_adjustment=adjustment)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,7 @@ class DescendingSoftLabelLoss(Float64Buffers):
         scale: float = 1.0,
         step: int = 1,
         reduction: str = "mean",
-        group_counts: Optional[Tensor] = None,
+        group_counts: Tensor | None = None,
         tau: float = 0.0,
         validate: bool = False,
     ) -> None:
@@ -108,7 +108,7 @@ class DescendingSoftLabelLoss(Float64Buffers):
         return (counts / counts.sum()).log()
 
     def forward(
-        self, input: Tensor, target: Tensor, *, group_counts: Optional[Tensor] = None
+        self, input: Tensor, target: Tensor, *, group_counts: Tensor | None = None
     ) -> Tensor:
         if self.validate:
             check_group_range("target", target, self.num_groups, force=True)
@@ -117,7 +117,7 @@ class DescendingSoftLabelLoss(Float64Buffers):
             reduction=self.reduction, table=self.table,
         )
 
-    def _adjustment(self, group_counts: Optional[Tensor] = None) -> Optional[Tensor]:
+    def _adjustment(self, group_counts: Tensor | None = None) -> Tensor | None:
         """The logit adjustment of this call: None unless training with ``tau > 0``; from
         ``group_counts`` when given (live counts: no host read of tau)."""
         if not (self.training and self._adjusting):
@@ -203,13 +203,13 @@ class GroupContrastiveLoss(nn.Module):
 
     def __init__(
         self,
-        num_groups: Optional[int] = None,
+        num_groups: int | None = None,
         *,
         temperature: float = DF.DEFAULT_TEMPERATURE,
         similarity: str = "l2",
         gather_distributed: bool = False,
         reduction: str = "mean",
-        chunk_size: Optional[int] = None,
+        chunk_size: int | None = None,
         validate: bool = False,
     ) -> None:
         super().__init__()

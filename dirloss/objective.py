@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,7 @@ class GroupDIRLoss(nn.Module):
         >>> out.loss.backward()
     """
 
-    expert_table: Optional[Tensor]
+    expert_table: Tensor | None
 
     def __init__(
         self,
@@ -131,7 +131,7 @@ class GroupDIRLoss(nn.Module):
         tau: float = 0.0,
         soft_reduction: str = "mean",
         gather_distributed: bool = False,
-        chunk_size: Optional[int] = None,
+        chunk_size: int | None = None,
         validate: bool = False,
     ) -> None:
         super().__init__()
@@ -168,7 +168,7 @@ class GroupDIRLoss(nn.Module):
     @classmethod
     def paper(
         cls, binner: GroupBinner, *, authors_weighting: bool = False, **kwargs: Any
-    ) -> "GroupDIRLoss":
+    ) -> GroupDIRLoss:
         r"""The exact objective of Pu et al. (AAAI 2025), as dirloss 0.1 computed it.
 
         :math:`\mathcal{L}_{grc} + \mathcal{L}_{mse} + \mathcal{L}_{soft}` with every weight 1
@@ -188,7 +188,7 @@ class GroupDIRLoss(nn.Module):
             >>> GroupDIRLoss.paper(binner).expert_share
             0.0
         """
-        settings: Dict[str, Any] = {
+        settings: dict[str, Any] = {
             "lambda_grc": 1.0, "lambda_mse": 1.0, "lambda_soft": 1.0, "lambda_mix": 0.0,
             "expert_share": 0.0,
             "standardize_mse": False, "temperature": DF.DEFAULT_TEMPERATURE,
@@ -198,7 +198,7 @@ class GroupDIRLoss(nn.Module):
         return cls(binner, **settings)
 
     def forward(
-        self, output: HeadOutput, features: Tensor, target: Tensor, groups: Optional[Tensor] = None
+        self, output: HeadOutput, features: Tensor, target: Tensor, groups: Tensor | None = None
     ) -> GroupDIRLossOutput:
         if not isinstance(output, HeadOutput):
             raise ValueError(
@@ -251,8 +251,8 @@ class GroupDIRLoss(nn.Module):
 
     def _head_terms(
         self, logits: Tensor, experts: Tensor, target: Tensor, groups: Tensor,
-        unit: Union[float, Tensor],
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        unit: float | Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``lambda_mse L_mse + lambda_soft L_soft + lambda_mix L_mix`` and the three terms
         (0 where the weight is 0; detached) from one autograd node (:class:`_HeadTerms`): the
         same values as :func:`~dirloss.functional.expert_mse_loss`, the soft-label module and
@@ -350,13 +350,13 @@ class _HeadTerms(torch.autograd.Function):
         experts: Tensor,
         target: Tensor,
         groups: Tensor,
-        share: Optional[Tensor],
+        share: Tensor | None,
         soft_table: Tensor,
-        adjustment: Optional[Tensor],
-        scale: Union[float, Tensor],
+        adjustment: Tensor | None,
+        scale: float | Tensor,
         soft_factor: float,
-        weights: Tuple[float, float, float],
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        weights: tuple[float, float, float],
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         lambda_mse, lambda_soft, lambda_mix = weights
         diff = experts - target[:, None, :]
         mse = soft = mix = total = experts.new_zeros(())
@@ -394,7 +394,7 @@ class _HeadTerms(torch.autograd.Function):
     @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad: Tensor, *unused: Tensor
-    ) -> Tuple[Optional[Tensor], ...]:
+    ) -> tuple[Tensor | None, ...]:
         diff, weight, p, m, rows, log_prob = ctx.saved_tensors
         grad_experts = grad_logits = None
         if weight is not None:

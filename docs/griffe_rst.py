@@ -92,7 +92,7 @@ def _convert(text: str, obj: griffe.Object, pkg: griffe.Module) -> str:
     return _ROLE.sub(lambda m: _link(m.group(1) == "~", m.group(2), obj, pkg), text)
 
 
-def _split_shared_items(lines: "list[str]") -> "list[str]":
+def _split_shared_items(lines: list[str]) -> list[str]:
     """``a, b: text`` in an Args/Attributes section -> ``a: text`` and ``b: text``."""
     out: list[str] = []
     section_indent = None
@@ -131,7 +131,7 @@ def _link(short: bool, name: str, obj: griffe.Object, pkg: griffe.Module) -> str
     return f"[`{label}`][{target}]"
 
 
-def _resolve(name: str, obj: griffe.Object, pkg: griffe.Module) -> "str | None":
+def _resolve(name: str, obj: griffe.Object, pkg: griffe.Module) -> str | None:
     """The documented path of a dirloss object named in a role, or None (rendered as code).
 
     The name is looked up as written, then in the docstring's module and class; a class or

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 from datetime import timedelta
-from typing import Tuple
 
 import torch
 import torch.distributed as dist
@@ -40,7 +39,7 @@ from dirloss.metrics import REGIONS, shot_metrics
 IN_FEATURES = 16
 
 
-def make_data(n: int, *, balanced: bool, seed: int) -> Tuple[Tensor, Tensor]:
+def make_data(n: int, *, balanced: bool, seed: int) -> tuple[Tensor, Tensor]:
     r"""``x`` in R^16 and a long-tailed target ``y = exp(0.8 s) + noise``, ``s = <x, w>``.
 
     Training data has ``s ~ N(0, 1)``, so ``y`` is log-normal: dense around 1, a thin tail
@@ -69,12 +68,12 @@ class Regressor(nn.Module):
         )
         self.head = MultiExpertHead(hidden, num_groups)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, HeadOutput]:
+    def forward(self, x: Tensor) -> tuple[Tensor, HeadOutput]:
         features = self.backbone(x)
         return features, self.head(features)
 
 
-def setup(timeout_s: float) -> Tuple[int, int, torch.device]:
+def setup(timeout_s: float) -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes, if any: ``(rank, world_size, device)``."""
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

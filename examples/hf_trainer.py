@@ -48,7 +48,7 @@ import copy
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,7 +75,7 @@ SPLIT_FILES = {"train": "train_new.tsv", "val": "dev_new.tsv", "test": "test_new
 # ---------------------------------------------------------------------------------------------
 # Data: STS-B-DIR sentence pairs, tokenised once
 # ---------------------------------------------------------------------------------------------
-def read_stsb(path: Path) -> Tuple[List[str], List[str], List[float]]:
+def read_stsb(path: Path) -> tuple[list[str], list[str], list[float]]:
     """Sentence 1, sentence 2 and score of every row (tab separated, columns 7, 8, 9, a header;
     quoting off since sentences contain ``"``)."""
     s1, s2, scores = [], [], []
@@ -93,20 +93,20 @@ def read_stsb(path: Path) -> Tuple[List[str], List[str], List[float]]:
 class PairDataset(torch.utils.data.Dataset):
     """Tokenised pairs with float ``labels`` (what ``DataCollatorWithPadding`` pads)."""
 
-    def __init__(self, tokenizer: Any, s1: List[str], s2: List[str], scores: List[float], max_length: int) -> None:
+    def __init__(self, tokenizer: Any, s1: list[str], s2: list[str], scores: list[float], max_length: int) -> None:
         self.encoded = tokenizer(s1, s2, truncation=True, max_length=max_length)
         self.scores = [float(s) for s in scores]
 
     def __len__(self) -> int:
         return len(self.scores)
 
-    def __getitem__(self, i: int) -> Dict[str, Any]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         item = {k: v[i] for k, v in self.encoded.items()}
         item["labels"] = self.scores[i]
         return item
 
 
-def load_splits(data_dir: Path, tokenizer: Any, max_length: int, sizes: Optional[Dict[str, int]]) -> Dict[str, PairDataset]:
+def load_splits(data_dir: Path, tokenizer: Any, max_length: int, sizes: dict[str, int] | None) -> dict[str, PairDataset]:
     out = {}
     for k, (split, name) in enumerate(SPLIT_FILES.items()):
         s1, s2, y = read_stsb(data_dir / "stsb-dir" / name)
@@ -130,7 +130,7 @@ class DIRTrainer(Trainer):
         self.binner = binner.to(self.args.device)
         self.criterion = criterion.to(self.args.device)
 
-    def compute_loss(self, model: nn.Module, inputs: Dict[str, Any], return_outputs: bool = False,
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.pop("labels").float()
         features = model(**inputs).logits  # classifier is nn.Identity: the pooled feature
@@ -138,8 +138,8 @@ class DIRTrainer(Trainer):
         loss = self.criterion(output, features, labels).loss
         return (loss, {"logits": output.prediction}) if return_outputs else loss
 
-    def prediction_step(self, model: nn.Module, inputs: Dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: Optional[List[str]] = None) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         inputs = self._prepare_inputs(inputs)
         labels = inputs.pop("labels", None)
         model.eval()
@@ -151,7 +151,7 @@ class DIRTrainer(Trainer):
         return loss, prediction, labels
 
     @torch.no_grad()
-    def features(self, dataset: PairDataset) -> Tuple[Tensor, Tensor]:
+    def features(self, dataset: PairDataset) -> tuple[Tensor, Tensor]:
         """``(pooled features, labels)`` of ``dataset``, in order (for ``select_inference``)."""
         self.model.eval()
         feats, labels = [], []
@@ -199,7 +199,7 @@ def make_model(args: argparse.Namespace, tokenizer: Any, path: str, mean_score: 
     return model
 
 
-def shot_table(title: str, pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> Dict[str, Any]:
+def shot_table(title: str, pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> dict[str, Any]:
     m = shot_metrics(pred, target, train_target, bin_edges=np.linspace(0, 5, 51), regions=stsb_dir_regions())
     print(f"\nShot metrics (STS-B-DIR test, published regions): {title}")
     print(f"{'region':<8} {'count':>6} {'MAE':>8} {'MSE':>8} {'GM':>8}")
@@ -210,7 +210,7 @@ def shot_table(title: str, pred: np.ndarray, target: np.ndarray, train_target: n
     return m
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
                         help="holds stsb-dir/ (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
@@ -255,7 +255,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     start = make_model(args, tokenizer, path, float(y_train.mean()))  # both runs start from these weights
     collator = transformers.DataCollatorWithPadding(tokenizer)
-    results: Dict[str, Any] = {}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         def training_args(name: str) -> TrainingArguments:
             steps_per_epoch = -(-len(data["train"]) // args.batch_size)

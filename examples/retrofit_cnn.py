@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -62,7 +61,7 @@ SIZE = 32
 R_MIN, R_MAX = 2.0, 14.0
 
 
-def make_discs(n: int, *, balanced: bool, seed: int) -> Tuple[Tensor, Tensor]:
+def make_discs(n: int, *, balanced: bool, seed: int) -> tuple[Tensor, Tensor]:
     r"""``n`` images (N, 1, 32, 32) of a disc and its radius (N,), float32.
 
     Training radii are :math:`2 + \text{Exp}(\text{mean } 2)`, redrawn above 14: half of
@@ -130,13 +129,13 @@ class SmallResNet(nn.Module):
 
 def train(
     model: nn.Module,
-    data: Tuple[Tensor, Tensor],
+    data: tuple[Tensor, Tensor],
     epochs: int,
     args: argparse.Namespace,
     device: torch.device,
     *,
-    head: Optional[MultiExpertHead] = None,
-    binner: Optional[GroupBinner] = None,
+    head: MultiExpertHead | None = None,
+    binner: GroupBinner | None = None,
     desc: str,
 ) -> None:
     """Adam with a cosine schedule; plain MSE, or Group-DIR when ``head`` and ``binner`` are given."""
@@ -144,7 +143,7 @@ def train(
     groups = [{"params": model.parameters()}]
     if head is not None:  # the new classifier starts at zero: give it a larger step
         groups.append({"params": head.parameters(), "lr": args.head_lr})
-    criterion: Optional[GroupDIRLoss] = None
+    criterion: GroupDIRLoss | None = None
     if binner is not None:
         criterion = GroupDIRLoss(binner, lambda_mse=args.lambda_mse, validate=True).to(device)
     optimizer = torch.optim.Adam(groups, lr=args.lr)
@@ -172,7 +171,7 @@ def train(
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, device: torch.device,
-            head: Optional[MultiExpertHead] = None) -> Tensor:
+            head: MultiExpertHead | None = None) -> Tensor:
     model.eval()
     preds = []
     for xb in x.split(512):
@@ -190,7 +189,7 @@ def print_table(title: str, m: dict) -> None:
     print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
 
 
-def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-size", type=int, default=6000, help="training images")
     parser.add_argument("--test-size", type=int, default=2400, help="test images")
@@ -227,7 +226,7 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
           f"{int((y_train > 10).sum())} over 10 px), {args.test_size} balanced test images, "
           f"on {device}")
 
-    def evaluate(model: nn.Module, head: Optional[MultiExpertHead] = None) -> dict:
+    def evaluate(model: nn.Module, head: MultiExpertHead | None = None) -> dict:
         return shot_metrics(predict(model, x_test, device, head), y_test, y_train, **metric_kw)
 
     # The model the user already has: a CNN trained with MSE.

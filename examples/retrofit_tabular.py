@@ -45,7 +45,6 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -68,10 +67,10 @@ except ImportError:  # tqdm is optional: no progress bar without it
 MISSING = 9999.0
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-Split = Tuple[Tensor, Tensor]
+Split = tuple[Tensor, Tensor]
 
 
-def load_table(folder: Path, name: str) -> Tuple[Dict[str, Split], float, float]:
+def load_table(folder: Path, name: str) -> tuple[dict[str, Split], float, float]:
     """Train/val/test ``(x, y)`` standardised with training statistics, and the target's mean/std.
 
     A feature equal to 9999 is missing: it gets the column's training median and a 0/1
@@ -136,12 +135,12 @@ def train(
     epochs: int,
     args: argparse.Namespace,
     *,
-    binner: Optional[GroupBinner] = None,
+    binner: GroupBinner | None = None,
     desc: str,
 ) -> None:
     """Adam over ``model``; plain MSE, or Group-DIR when a ``binner`` is given."""
     x, y = data
-    criterion: Optional[GroupDIRLoss] = None
+    criterion: GroupDIRLoss | None = None
     if binner is not None:
         criterion = GroupDIRLoss(binner, tau=args.tau, validate=True).to(x.device)
     groups = [{"params": model[:-1].parameters()}, {"params": model[-1].parameters()}]
@@ -183,7 +182,7 @@ def print_table(title: str, m: dict) -> None:
     print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
 
 
-def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),

@@ -47,7 +47,6 @@ import copy
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -75,7 +74,7 @@ except ImportError:  # tqdm is optional: no progress bar without it
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-Pairs = Tuple[List[str], List[str], Tensor]
+Pairs = tuple[list[str], list[str], Tensor]
 
 
 def require(module: str) -> ModuleType:
@@ -126,7 +125,7 @@ class CrossEncoderRegressor(nn.Module):
         nn.init.constant_(fc.bias, mean_score)  # start at the mean score
         self.fc: nn.Module = fc
 
-    def forward(self, batch: Dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
         states = self.encoder(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
@@ -134,7 +133,7 @@ class CrossEncoderRegressor(nn.Module):
 
 
 def batches(pairs: Pairs, tokenizer, args: argparse.Namespace, device: torch.device,
-            order: Optional[Tensor] = None):
+            order: Tensor | None = None):
     """``(tokenized pair batch on device, scores on device)``, in ``order`` if given."""
     s1, s2, y = pairs
     index = order if order is not None else torch.arange(len(y))
@@ -145,8 +144,8 @@ def batches(pairs: Pairs, tokenizer, args: argparse.Namespace, device: torch.dev
 
 
 def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, args: argparse.Namespace,
-          device: torch.device, *, head: Optional[MultiExpertHead] = None,
-          binner: Optional[GroupBinner] = None, desc: str) -> None:
+          device: torch.device, *, head: MultiExpertHead | None = None,
+          binner: GroupBinner | None = None, desc: str) -> None:
     """AdamW (encoder lr, 30x for the new layers), linear warm-up and decay; plain MSE, or
     Group-DIR when ``head`` and ``binner`` are given."""
     fresh = list(model.fc.parameters()) + (list(head.parameters()) if head is not None else [])
@@ -159,7 +158,7 @@ def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, ar
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1e-9)))
     )
-    criterion: Optional[GroupDIRLoss] = None
+    criterion: GroupDIRLoss | None = None
     if binner is not None:
         criterion = GroupDIRLoss(binner, validate=True).to(device)
     order = torch.Generator().manual_seed(args.seed)
@@ -188,7 +187,7 @@ def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, ar
 
 @torch.no_grad()
 def predict(model: nn.Module, pairs: Pairs, tokenizer, args: argparse.Namespace,
-            device: torch.device, head: Optional[MultiExpertHead] = None) -> Tensor:
+            device: torch.device, head: MultiExpertHead | None = None) -> Tensor:
     model.eval()
     preds = []
     for batch, _ in batches(pairs, tokenizer, args, device):
@@ -206,7 +205,7 @@ def print_table(title: str, m: dict) -> None:
     print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
 
 
-def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
@@ -257,7 +256,7 @@ def main(argv: "list[str] | None" = None) -> Dict[str, dict]:
     tokenizer = require("transformers").AutoTokenizer.from_pretrained(path)
     model = CrossEncoderRegressor(path, float(y_train.mean())).to(device)
 
-    def evaluate(model: nn.Module, head: Optional[MultiExpertHead] = None) -> dict:
+    def evaluate(model: nn.Module, head: MultiExpertHead | None = None) -> dict:
         pred = predict(model, test_pairs, tokenizer, args, device, head)
         return shot_metrics(pred, y_test, y_train, bin_edges=np.linspace(0, 5, 51),
                             regions=stsb_dir_regions())

@@ -6,10 +6,10 @@ Each test file keeps the references only it uses; the ones here are needed by mo
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from collections.abc import Sequence
 
 
-def ref_share_table(num_groups: int, share: float) -> List[List[float]]:
+def ref_share_table(num_groups: int, share: float) -> list[list[float]]:
     """w[k][g] = exp(-|g - k| / s) / sum_h exp(-|h - k| / s); w[k][g] = [g == k] for s = 0."""
     if share == 0:
         return [[float(g == k) for g in range(num_groups)] for k in range(num_groups)]

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirloss import GroupContrastiveLoss, _contrastive, _continuous
+from dirloss import GroupContrastiveLoss, _continuous, _contrastive
 from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
 
 REDUCTIONS = ("none", "mean", "sum")

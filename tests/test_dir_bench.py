@@ -20,7 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import data as bd  # noqa: E402
 from benchmarks import dir_bench as db  # noqa: E402
-from benchmarks.methods import METHODS, InfeasibleSetting, build_model, make_loss, predict, train, TrainConfig  # noqa: E402
+from benchmarks.methods import (  # noqa: E402
+    METHODS,
+    InfeasibleSetting,
+    TrainConfig,
+    build_model,
+    make_loss,
+    predict,
+    train,
+)
 from dirloss import MultiExpertHead  # noqa: E402
 
 TABULAR = bd.default_data_dir() / "tabular"

@@ -29,7 +29,7 @@ import re
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import pytest
 import torch
@@ -51,7 +51,7 @@ ATOL = 1e-6
 IN, HIDDEN, FEATURES, GROUPS = 8, 16, 6, 5
 
 # name: (local batch sizes in rank order, label kind, similarity, chunk_size)
-CONTRAST_CASES: Dict[str, Tuple[Tuple[int, ...], str, str, Optional[int]]] = {
+CONTRAST_CASES: dict[str, tuple[tuple[int, ...], str, str, int | None]] = {
     "int-equal": ((4, 4), "int", "l2", None),
     "int-equal-cosine": ((4, 4), "int", "cosine", None),
     "float-equal": ((4, 4), "float", "l2", None),
@@ -74,7 +74,7 @@ def _backbone() -> nn.Module:
     return nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, FEATURES)).double()
 
 
-def _batch(sizes: Tuple[int, ...], kind: str, seed: int = 1) -> Tuple[Tensor, Tensor]:
+def _batch(sizes: tuple[int, ...], kind: str, seed: int = 1) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     n = sum(sizes)
     x = torch.randn(n, IN, generator=g, dtype=torch.float64)
@@ -87,7 +87,7 @@ def _batch(sizes: Tuple[int, ...], kind: str, seed: int = 1) -> Tuple[Tensor, Te
 
 
 def _contrastive(
-    kind: str, similarity: str, reduction: str, gather: bool, chunk_size: Optional[int] = None
+    kind: str, similarity: str, reduction: str, gather: bool, chunk_size: int | None = None
 ) -> GroupContrastiveLoss:
     return GroupContrastiveLoss(
         num_groups=GROUPS if kind == "int" else None, similarity=similarity,
@@ -101,24 +101,24 @@ class _DIRNet(nn.Module):
         self.backbone = _backbone()
         self.head = MultiExpertHead(FEATURES, num_groups=4, dtype=torch.float64)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Any]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Any]:
         features = self.backbone(x)
         return features, self.head(features)
 
 
-def _dir_data() -> Tuple[Tensor, Tensor, GroupBinner]:
+def _dir_data() -> tuple[Tensor, Tensor, GroupBinner]:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(sum(DIR_SIZES), IN, generator=g, dtype=torch.float64)
     target = torch.randn(sum(DIR_SIZES), generator=g, dtype=torch.float64).exp()
     return x, target, GroupBinner(4).fit(target)
 
 
-def _local(t: Tensor, sizes: Tuple[int, ...], rank: int) -> Tensor:
+def _local(t: Tensor, sizes: tuple[int, ...], rank: int) -> Tensor:
     start = sum(sizes[:rank])
     return t[start : start + sizes[rank]]
 
 
-def _grads(model: nn.Module) -> List[Tensor]:
+def _grads(model: nn.Module) -> list[Tensor]:
     return [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
 
 
@@ -133,7 +133,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         timeout=timedelta(seconds=60),
     )
     try:
-        result: Dict[str, Any] = {"is_distributed": is_distributed()}
+        result: dict[str, Any] = {"is_distributed": is_distributed()}
         result["gather"] = _gather_case(rank)
         for name, case in CONTRAST_CASES.items():
             result[name] = _contrast_case(rank, *case)
@@ -148,7 +148,7 @@ def _rows() -> Tensor:
     return torch.arange(16.0, dtype=torch.float64).view(8, 2)
 
 
-def _gather_case(rank: int) -> Dict[str, Any]:
+def _gather_case(rank: int) -> dict[str, Any]:
     """Rows 0..7 split 5 / 3; rank r's loss weights every gathered row by r + 1."""
     sizes = (5, 3)
     features = _local(_rows(), sizes, rank)
@@ -160,15 +160,15 @@ def _gather_case(rank: int) -> Dict[str, Any]:
 
 
 def _contrast_case(
-    rank: int, sizes: Tuple[int, ...], kind: str, similarity: str, chunk_size: Optional[int]
-) -> Dict[str, Any]:
+    rank: int, sizes: tuple[int, ...], kind: str, similarity: str, chunk_size: int | None
+) -> dict[str, Any]:
     x, labels = _batch(sizes, kind)
     x, labels = _local(x, sizes, rank), _local(labels, sizes, rank)
     model = DDP(_backbone())
     loss_fn = {
         r: _contrastive(kind, similarity, r, True, chunk_size) for r in ("none", "sum", "mean")
     }
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     with torch.no_grad():
         out["none"] = loss_fn["none"](model.module(x), labels)
     # "sum" / N on each rank: the rank losses add up to the global mean at any sizes.
@@ -183,7 +183,7 @@ def _contrast_case(
     return out
 
 
-def _dir_case(rank: int) -> Dict[str, Any]:
+def _dir_case(rank: int) -> dict[str, Any]:
     x, target, binner = _dir_data()
     model = DDP(_DIRNet())
     criterion = GroupDIRLoss(binner, gather_distributed=True, validate=True)
@@ -193,8 +193,8 @@ def _dir_case(rank: int) -> Dict[str, Any]:
     return {"loss": parts.loss.detach(), "grc": parts.grc, "grads": _grads(model.module)}
 
 
-def _binner_case(rank: int) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
+def _binner_case(rank: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     binner = GroupBinner(4)
     if rank == 0:
         binner.fit(torch.linspace(0.0, 3.0, 50) ** 2)
@@ -226,7 +226,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any]]:
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each rank of the 2-process gloo run saved, in rank order."""
     out_dir = tmp_path_factory.mktemp("ddp")
     mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
@@ -238,8 +238,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> List[Dict[str, Any]]:
 
 
 def _single_contrast(
-    sizes: Tuple[int, ...], kind: str, similarity: str
-) -> Tuple[Tensor, Tensor, List[Tensor]]:
+    sizes: tuple[int, ...], kind: str, similarity: str
+) -> tuple[Tensor, Tensor, list[Tensor]]:
     x, labels = _batch(sizes, kind)
     model = _backbone()
     with torch.no_grad():
@@ -254,12 +254,12 @@ def _close(actual: Any, expected: Any) -> None:
 
 
 @pytest.mark.slow
-def test_spawned_group_is_distributed(ranks: List[Dict[str, Any]]) -> None:
+def test_spawned_group_is_distributed(ranks: list[dict[str, Any]]) -> None:
     assert [r["is_distributed"] for r in ranks] == [True, True]
 
 
 @pytest.mark.slow
-def test_gather_batch_unequal_sizes(ranks: List[Dict[str, Any]]) -> None:
+def test_gather_batch_unequal_sizes(ranks: list[dict[str, Any]]) -> None:
     """Rank order, offsets, and each local row's gradient summed over the ranks (1 + 2)."""
     for rank, r in enumerate(ranks):
         g = r["gather"]
@@ -272,7 +272,7 @@ def test_gather_batch_unequal_sizes(ranks: List[Dict[str, Any]]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CONTRAST_CASES))
 def test_contrastive_per_anchor_matches_single_process(
-    ranks: List[Dict[str, Any]], case: str
+    ranks: list[dict[str, Any]], case: str
 ) -> None:
     sizes, kind, similarity, _ = CONTRAST_CASES[case]
     per_anchor, _, _ = _single_contrast(sizes, kind, similarity)
@@ -283,7 +283,7 @@ def test_contrastive_per_anchor_matches_single_process(
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CONTRAST_CASES))
 def test_contrastive_sum_over_global_n_matches_single_process(
-    ranks: List[Dict[str, Any]], case: str
+    ranks: list[dict[str, Any]], case: str
 ) -> None:
     """sum_r (local "sum" / N) = single mean; W * DDP-averaged grads = single grads."""
     sizes, kind, similarity, _ = CONTRAST_CASES[case]
@@ -296,7 +296,7 @@ def test_contrastive_sum_over_global_n_matches_single_process(
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c, v in CONTRAST_CASES.items() if len(set(v[0])) == 1])
 def test_contrastive_mean_equal_sizes_matches_single_process(
-    ranks: List[Dict[str, Any]], case: str
+    ranks: list[dict[str, Any]], case: str
 ) -> None:
     """mean_r (local "mean") = single mean; DDP-averaged grads = single grads."""
     sizes, kind, similarity, _ = CONTRAST_CASES[case]
@@ -307,7 +307,7 @@ def test_contrastive_mean_equal_sizes_matches_single_process(
 
 
 @pytest.mark.slow
-def test_group_dir_loss_step_matches_single_process(ranks: List[Dict[str, Any]]) -> None:
+def test_group_dir_loss_step_matches_single_process(ranks: list[dict[str, Any]]) -> None:
     """The whole GroupDIRLoss step, equal sizes: rank-mean loss and DDP grads = single."""
     x, target, binner = _dir_data()
     model = _DIRNet()
@@ -321,7 +321,7 @@ def test_group_dir_loss_step_matches_single_process(ranks: List[Dict[str, Any]])
 
 
 @pytest.mark.slow
-def test_broadcast_binner_fills_an_unfitted_rank(ranks: List[Dict[str, Any]]) -> None:
+def test_broadcast_binner_fills_an_unfitted_rank(ranks: list[dict[str, Any]]) -> None:
     assert [r["binner"]["fitted"] for r in ranks] == [True, True]
     state0, state1 = (r["binner"]["state"] for r in ranks)
     assert state0.keys() == state1.keys()
@@ -331,20 +331,20 @@ def test_broadcast_binner_fills_an_unfitted_rank(ranks: List[Dict[str, Any]]) ->
 
 
 @pytest.mark.slow
-def test_check_binner_consistent_names_the_differing_rank(ranks: List[Dict[str, Any]]) -> None:
+def test_check_binner_consistent_names_the_differing_rank(ranks: list[dict[str, Any]]) -> None:
     # The first call (equal edges) raised nothing, or the worker would have failed.
     for r in ranks:
         assert re.search(r"ranks \[1\]", r["binner"].get("mismatch_error", "no error"))
 
 
 @pytest.mark.slow
-def test_broadcast_unfitted_binner_raises_on_every_rank(ranks: List[Dict[str, Any]]) -> None:
+def test_broadcast_unfitted_binner_raises_on_every_rank(ranks: list[dict[str, Any]]) -> None:
     for r in ranks:
         assert "expected a fitted GroupBinner on rank 0" in r["binner"].get("unfitted_error", "")
 
 
 @pytest.mark.slow
-def test_check_binner_consistent_reports_num_groups_mismatch(ranks: List[Dict[str, Any]]) -> None:
+def test_check_binner_consistent_reports_num_groups_mismatch(ranks: list[dict[str, Any]]) -> None:
     for r in ranks:
         assert "num_groups on every rank, got [3, 4]" in r["binner"].get("num_groups_error", "")
 
@@ -358,7 +358,7 @@ def test_check_binner_consistent_reports_num_groups_mismatch(ranks: List[Dict[st
 def test_flag_without_process_group_is_identical(kind: str, reduction: str) -> None:
     assert not is_distributed()
     x, labels = _batch((5, 3), kind)
-    results: List[Tuple[Tensor, List[Tensor]]] = []
+    results: list[tuple[Tensor, list[Tensor]]] = []
     for gather in (False, True):
         model = _backbone()
         loss = _contrastive(kind, "l2", reduction, gather)(model(x), labels)

@@ -18,7 +18,6 @@ import io
 import re
 import textwrap
 from pathlib import Path
-from typing import List, Tuple
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ SKIP_MARK = "<!-- docs-test: skip -->"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 
 
-def python_blocks(text: str) -> List[Tuple[int, str]]:
+def python_blocks(text: str) -> list[tuple[int, str]]:
     """``(line number, code)`` of each fenced python block that is not marked skip.
 
     Fences may be indented (inside an admonition or a list); the code is dedented. A block
@@ -37,7 +36,7 @@ def python_blocks(text: str) -> List[Tuple[int, str]]:
     ``python-console`` are not run).
     """
     lines = text.splitlines()
-    blocks: List[Tuple[int, str]] = []
+    blocks: list[tuple[int, str]] = []
     i = 0
     while i < len(lines):
         match = _FENCE.match(lines[i])
@@ -99,7 +98,7 @@ def test_home_page_retrofit_is_the_readme_one() -> None:
     assert home[0][1] in [code for _, code in readme]
 
 
-def _public_names() -> List[str]:
+def _public_names() -> list[str]:
     import dirloss
     import dirloss.distributed
     import dirloss.functional

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from _references import ref_argmax
 from torch import nn
 
 from dirloss import GroupBinner, HeadOutput, MultiExpertHead, select_inference
-
-from _references import ref_argmax
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _references import ref_expert_mse, ref_mixture_mse, ref_share_table
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +21,6 @@ from dirloss.functional import (
     group_contrastive_loss,
     mixture_mse_loss,
 )
-
-from _references import ref_expert_mse, ref_mixture_mse, ref_share_table
 
 G, D = 4, 6
 

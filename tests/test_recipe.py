@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _references import ref_argmax, ref_expert_mse, ref_mixture_mse, ref_share_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,6 @@ from dirloss.functional import (
     expert_share_table,
     mixture_mse_loss,
 )
-
-from _references import ref_argmax, ref_expert_mse, ref_mixture_mse, ref_share_table
 
 
 # ---------------------------------------------------------------------------------------------
