@@ -1,5 +1,5 @@
 r"""The Rank-N-Contrast kernel for real-valued labels (private; the public entry is
-:func:`dirloss.functional.group_contrastive_loss`). Notation as in :mod:`._contrastive`.
+:func:`dirloss.functional.group_contrastive_loss`). Notation as in :mod:`._grouped`.
 
 For an anchor, the pairs at one label distance share their denominator, so the kernel is the
 group kernel with the groups made per anchor: sort the anchor's row by label distance, cut
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._contrastive import (
+from ._grouped import (
     _LINEAR_LOGIT_RANGE,
     _chunks,
     _linear_shift,

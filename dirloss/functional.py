@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _continuous, _contrastive
+from . import _contrastive
 from ._validation import (
     check_group_range,
     check_group_targets,
@@ -21,8 +21,6 @@ from ._validation import (
     check_positive,
     check_reduction,
     check_same_device,
-    reduce,
-    without_autocast,
 )
 
 __all__ = [
@@ -50,9 +48,6 @@ apart. ``T = 0.1`` gives the logit range of 20 that SimCLR / SupCon use on norma
 embeddings. (Smaller temperatures stay exact too: both kernels switch to log space below
 T = 1/32 in float32.)
 """
-
-_SIMILARITIES = ("l2", "cosine")
-
 
 def _check_soft_label_params(num_groups: int, scale: float, step: int) -> None:
     check_num_groups(num_groups)
@@ -468,143 +463,8 @@ def group_contrastive_loss(
         >>> features.grad.shape
         torch.Size([8, 16])
     """
-    _check_contrastive_inputs(features, labels, num_groups, temperature, similarity, chunk_size)
+    _contrastive.check_inputs(features, labels, num_groups, temperature, similarity, chunk_size)
     check_reduction(reduction)
-    x, y, num_groups = _prepare_contrastive(features, labels, num_groups)
-    if x.shape[0] == 0:  # an empty batch: a zero that stays in the graph
-        return reduce(x.sum(dim=1) * 0.0, reduction)
-    return _contrast_means(
-        x, y, 0, x.shape[0], num_groups, similarity, temperature, chunk_size, reduction
+    return _contrastive.loss(
+        features, labels, num_groups, similarity, temperature, chunk_size, reduction
     )
-
-
-def _check_contrastive_inputs(
-    features: Tensor,
-    labels: Tensor,
-    num_groups: int | None,
-    temperature: float,
-    similarity: str,
-    chunk_size: int | None = None,
-) -> None:
-    """Validate the hyper-parameters and the shapes, dtypes and devices of a batch."""
-    check_positive("temperature", temperature)
-    if similarity not in _SIMILARITIES:
-        raise ValueError(f"expected similarity in {_SIMILARITIES}, got {similarity!r}")
-    if features.dim() != 2 or not features.dtype.is_floating_point:
-        raise ValueError(
-            f"expected floating features of shape (N, D), got {tuple(features.shape)} "
-            f"{features.dtype}"
-        )
-    if labels.dim() == 0 or labels.dim() > 2 or labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"expected labels of shape ({features.shape[0]},) or ({features.shape[0]}, L) to "
-            f"match features {tuple(features.shape)}, got {tuple(labels.shape)}"
-        )
-    check_same_device("features", features, "labels", labels)
-    if num_groups is not None:
-        check_num_groups(num_groups)
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(
-                f"expected chunk_size to be a positive int or None, got {chunk_size!r}"
-            )
-    if _uses_group_kernel(labels, num_groups):
-        if labels.dim() == 2 and labels.shape[1] != 1:
-            raise ValueError(
-                f"expected group labels of shape (N,) or (N, 1), got {tuple(labels.shape)}"
-            )
-        if num_groups is not None:  # always, here (narrows the type for mypy)
-            check_group_range("labels", labels, num_groups)
-    elif chunk_size is not None:
-        raise ValueError(
-            "expected integer group labels with num_groups when chunk_size is set (only the "
-            f"fused group kernel is chunked), got {labels.dtype} labels, num_groups={num_groups}"
-        )
-
-
-def _integer_labels(labels: Tensor) -> bool:
-    return not (labels.dtype.is_floating_point or labels.dtype.is_complex)
-
-
-def _uses_group_kernel(labels: Tensor, num_groups: int | None) -> bool:
-    return _integer_labels(labels) and num_groups is not None
-
-
-# Integer labels without num_groups take the fused kernel when they span at most
-# max(128, 8 sqrt(N)) values. Its extra work grows as N G^2 ((N, G) tables against (G, 2G)
-# ones) besides the N x N by N x G matmul, the sort kernel's as N^2 log N, so the crossover
-# moves up with N. Measured (forward + backward, D = 128, CPU; grouped / continuous time):
-# N = 256: 0.77x at G = 128, 1.21x at 256; N = 1024: 0.80x at 256, 1.30x at 512;
-# N = 4096: 0.95x at 512, 1.45x at 1024. 8 sqrt(N) (128, 256 and 512 there) stays on the
-# group kernel's side of the crossover. The floor of 128 keeps small integer ranges
-# (binned labels, ages) on the group kernel in small batches too, where both kernels cost
-# about a millisecond.
-_MAX_INFERRED_GROUPS = 128
-
-
-def _max_inferred_groups(n: int) -> int:
-    """The widest label span that takes the group kernel for a batch of ``n``."""
-    return max(_MAX_INFERRED_GROUPS, int(8 * math.sqrt(n)))
-
-
-def _inferred_groups(labels: Tensor) -> tuple[Tensor, int] | None:
-    """For integer labels of shape (N,) or (N, 1) without ``num_groups``: the labels shifted
-    to start at 0 and ``G = max - min + 1`` (at least 2), read from the batch with one host
-    read. None where the continuous kernel applies instead: float, bool or (N, L > 1)
-    labels, an empty batch, a span over :func:`_max_inferred_groups`, or under
-    ``torch.compile`` (a host read would break the graph)."""
-    if not _integer_labels(labels) or labels.dtype == torch.bool:
-        return None
-    if labels.numel() != labels.shape[0]:  # (N, L > 1)
-        return None
-    if labels.numel() == 0 or _contrastive._is_compiling():
-        return None
-    flat = labels.reshape(-1).long()
-    low, high = torch.stack(torch.aminmax(flat)).tolist()  # the one host read
-    span = high - low + 1
-    if span > _max_inferred_groups(flat.shape[0]):
-        return None
-    return flat - low, max(span, 2)
-
-
-def _prepare_contrastive(
-    features: Tensor, labels: Tensor, num_groups: int | None
-) -> tuple[Tensor, Tensor, int | None]:
-    """Cast checked features to the working dtype and shape the labels for
-    :func:`_contrast_means` (the kernels normalise); the returned ``num_groups`` is None when
-    the continuous kernel applies. Without ``num_groups``, integer labels get G inferred
-    from these labels (:func:`_inferred_groups`): under DDP, pass the gathered batch, so
-    that every rank infers the same G."""
-    work_dtype = torch.promote_types(features.dtype, torch.float32)
-    x = features.to(work_dtype)
-    if num_groups is not None and _uses_group_kernel(labels, num_groups):
-        return x, labels.reshape(-1).long().clamp(0, num_groups - 1), num_groups
-    inferred = _inferred_groups(labels) if num_groups is None else None
-    if inferred is not None:
-        return x, inferred[0], inferred[1]
-    return x, labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype), None
-
-
-def _contrast_means(
-    x: Tensor,
-    y: Tensor,
-    offset: int,
-    n_anchors: int,
-    num_groups: int | None,
-    similarity: str,
-    temperature: float,
-    chunk_size: int | None = None,
-    reduction: str = "none",
-) -> Tensor:
-    """Per-anchor means of ``l_ij`` over ``j`` (n,) for the anchors
-    ``x[offset : offset + n_anchors]`` (raw features of the working dtype; the kernels
-    normalise them), reduced by ``reduction`` (the group kernel reduces inside: no extra
-    autograd node)."""
-    with without_autocast(x.device.type):
-        if num_groups is not None:
-            return _contrastive.grouped(
-                x, y, offset, n_anchors, num_groups, similarity, temperature, chunk_size,
-                reduction,
-            )
-        per_anchor = _continuous.continuous(x, y, offset, n_anchors, similarity, temperature)
-        return reduce(per_anchor, reduction)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import _contrastive
 from . import functional as DF
 from ._validation import (
     Float64Buffers,
@@ -215,7 +216,7 @@ class GroupContrastiveLoss(nn.Module):
         super().__init__()
         check_reduction(reduction)
         # Validate the hyper-parameters now rather than at the first forward.
-        DF._check_contrastive_inputs(
+        _contrastive.check_inputs(
             torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), num_groups, temperature,
             similarity, chunk_size,
         )
@@ -224,7 +225,7 @@ class GroupContrastiveLoss(nn.Module):
         self.chunk_size, self.validate = chunk_size, bool(validate)
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        if self.validate and self.num_groups is not None and DF._uses_group_kernel(
+        if self.validate and self.num_groups is not None and _contrastive.uses_group_kernel(
             labels, self.num_groups
         ):
             check_group_range("labels", labels, self.num_groups, force=True)
@@ -235,17 +236,15 @@ class GroupContrastiveLoss(nn.Module):
             )
         # Check the local batch first: a bad one must fail here, not leave the other ranks
         # waiting in the collective.
-        DF._check_contrastive_inputs(
+        _contrastive.check_inputs(
             features, labels, self.num_groups, self.temperature, self.similarity, self.chunk_size
         )
         all_features, all_labels, offset = gather_batch(features, labels)
         # Without num_groups, G is inferred from the gathered (global) labels: every rank
         # sees the same batch, so every rank infers the same G.
-        x_c, y_c, num_groups = DF._prepare_contrastive(all_features, all_labels, self.num_groups)
-        n = features.shape[0]
-        return DF._contrast_means(
-            x_c, y_c, offset, n, num_groups, self.similarity, self.temperature, self.chunk_size,
-            self.reduction,
+        return _contrastive.loss(
+            all_features, all_labels, self.num_groups, self.similarity, self.temperature,
+            self.chunk_size, self.reduction, offset=offset, n_anchors=features.shape[0],
         )
 
     def extra_repr(self) -> str:

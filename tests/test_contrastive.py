@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirloss import GroupContrastiveLoss, _continuous, _contrastive
+from dirloss import GroupContrastiveLoss, _continuous, _grouped
 from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -272,7 +272,7 @@ def test_linear_and_log_space_forwards_agree(monkeypatch, case, similarity, temp
     kw = {**kw, "temperature": temperature, "similarity": similarity, "reduction": "none"}
     linear = loss_fn(features, labels, **kw)
     (g_linear,) = torch.autograd.grad((linear * weight).sum(), features)
-    monkeypatch.setitem(_contrastive._LINEAR_LOGIT_RANGE, torch.float64, 0.0)
+    monkeypatch.setitem(_grouped._LINEAR_LOGIT_RANGE, torch.float64, 0.0)
     log_space = loss_fn(features, labels, **kw)
     (g_log,) = torch.autograd.grad((log_space * weight).sum(), features)
     torch.testing.assert_close(linear, log_space, **F64)
@@ -847,7 +847,7 @@ def test_cuda_fused_kernel_has_no_host_sync(device, similarity, chunk_size):
 def kernel_calls(monkeypatch):
     """The kernels each call ran: ("grouped", G) or ("continuous", None), in order."""
     calls = []
-    grouped, continuous = _contrastive.grouped, _continuous.continuous
+    grouped, continuous = _grouped.grouped, _continuous.continuous
 
     def spy_grouped(x_c, y_c, offset, n_anchors, num_groups, *args, **kw):
         calls.append(("grouped", num_groups))
@@ -857,7 +857,7 @@ def kernel_calls(monkeypatch):
         calls.append(("continuous", None))
         return continuous(*args, **kw)
 
-    monkeypatch.setattr(_contrastive, "grouped", spy_grouped)
+    monkeypatch.setattr(_grouped, "grouped", spy_grouped)
     monkeypatch.setattr(_continuous, "continuous", spy_continuous)
     return calls
 
@@ -928,7 +928,7 @@ def test_labels_that_stay_on_the_continuous_kernel(labels, kernel_calls):
 
 
 def test_wide_span_limit_is_inclusive(kernel_calls):
-    from dirloss.functional import _MAX_INFERRED_GROUPS
+    from dirloss._contrastive import _MAX_INFERRED_GROUPS
 
     labels = torch.tensor([5, 5 + _MAX_INFERRED_GROUPS - 1, 40, 5])
     loss_fn(randn(4, 3), labels)
@@ -1008,7 +1008,7 @@ def test_double_backward_raises(kernel):
 # The span limit grows with the batch (the group kernel's tables grow as N G^2, the sort as
 # N^2 log N): max(128, 8 sqrt(N)), 256 at N = 1024.
 def test_wide_span_limit_grows_with_the_batch(kernel_calls):
-    from dirloss.functional import _max_inferred_groups
+    from dirloss._contrastive import _max_inferred_groups
 
     assert _max_inferred_groups(4) == _max_inferred_groups(256) == 128
     assert _max_inferred_groups(1024) == 256 and _max_inferred_groups(4096) == 512
@@ -1023,6 +1023,6 @@ def test_wide_span_limit_grows_with_the_batch(kernel_calls):
 # inferred-groups limit reaches 512 at N = 4096) must not build a G^3 table.
 def test_group_tables_grow_as_g_squared():
     g = 512
-    levels = _contrastive._Levels(g, torch.float32, torch.device("cpu"))
+    levels = _grouped._Levels(g, torch.float32, torch.device("cpu"))
     sizes = {k: v.numel() for k, v in vars(levels).items() if isinstance(v, torch.Tensor)}
     assert max(sizes.values()) <= 3 * g * g, sizes
