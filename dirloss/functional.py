@@ -33,6 +33,7 @@ __all__ = [
     "expert_mse_loss",
     "mixture_mse_loss",
     "combine_experts",
+    "select_expert",
 ]
 
 INFERENCE_MODES = ("argmax", "soft")
@@ -293,8 +294,7 @@ def expert_mse_loss(
         scale = scale.to(work)
     denominator = max(n * out_features, 1) * scale**2  # the mean, and 0 (not NaN) when empty
     if table is None:
-        index = groups.long().clamp(0, num_groups - 1).view(-1, 1, 1).expand(-1, 1, out_features)
-        pred = experts.gather(1, index).squeeze(1)
+        pred = select_expert(experts, groups)
         return F.mse_loss(pred.to(work), target.to(work), reduction="sum") / denominator
     if table.shape != (num_groups, num_groups):
         raise ValueError(
@@ -391,7 +391,32 @@ def combine_experts(
         # of N tiny matrices (an einsum): one pass each way.
         weights = logits.T.softmax(dim=0).T.to(experts.dtype)
         return (weights[:, :, None] * experts).sum(dim=1)
-    index = logits.argmax(dim=1).view(-1, 1, 1).expand(-1, 1, experts.shape[2])
+    return select_expert(experts, logits.argmax(dim=1))
+
+
+def select_expert(experts: Tensor, groups: Tensor) -> Tensor:
+    r"""The prediction of each sample's own expert: row ``i`` is ``experts[i, groups[i]]``.
+
+    Training routes each sample to the expert of its true group (:math:`\hat y_i =
+    e_{i, g_i}`); inference with ``"argmax"`` to that of the predicted group.
+
+    Args:
+        experts: (N, G, O) predictions of the G experts.
+        groups: (N,) integer group indices. Indices outside ``[0, G)`` are clamped (the
+            unchecked fast path, free of host syncs; :class:`~dirloss.MultiExpertHead`
+            checks them first on CPU tensors or with ``validate=True``).
+
+    Returns:
+        (N, O).
+
+    Example:
+        >>> experts = torch.arange(12.0).view(2, 3, 2)
+        >>> select_expert(experts, torch.tensor([2, 0]))
+        tensor([[4., 5.],
+                [6., 7.]])
+    """
+    index = groups.long().clamp(0, experts.shape[1] - 1).view(-1, 1, 1)
+    index = index.expand(-1, 1, experts.shape[2])
     return experts.gather(1, index).squeeze(1)
 
 

@@ -236,7 +236,7 @@ class MultiExpertHead(Float64Buffers):
         if groups is not None:
             check_group_targets("groups", groups, features.shape[0])
             check_group_range("groups", groups, self.num_groups, force=self.validate)
-            prediction = select_expert(experts, groups)
+            prediction = DF.select_expert(experts, groups)
         else:
             adjustment = self.logit_tau * self.log_prior  # zeros unless set: no host read
             prediction = DF.combine_experts(
@@ -282,13 +282,3 @@ def _zero_(linear: nn.Linear) -> None:
         nn.init.zeros_(linear.weight)
         if linear.bias is not None:
             nn.init.zeros_(linear.bias)
-
-
-def select_expert(experts: Tensor, groups: Tensor) -> Tensor:
-    """Row ``i`` of the result is ``experts[i, groups[i]]``: (N, G, O), (N,) -> (N, O).
-
-    Indices outside ``[0, G)`` are clamped (the unchecked device fast path; the head checks
-    them first on CPU tensors or with ``validate=True``)."""
-    index = groups.long().clamp(0, experts.shape[1] - 1).view(-1, 1, 1)
-    index = index.expand(-1, 1, experts.shape[2])
-    return experts.gather(1, index).squeeze(1)
