@@ -11,8 +11,9 @@ Descending Soft Labeling for Deep Imbalanced Regression" (AAAI 2025)::
 from . import functional
 from .binning import GroupBinner
 from .heads import HeadOutput, MultiExpertHead
-from .inference import InferenceChoice, balanced_mae, select_inference
+from .inference import InferenceChoice, select_inference
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
+from .metrics import balanced_mae
 from .objective import GroupDIRLoss, GroupDIRLossOutput
 
 __version__ = "0.1.0"

@@ -12,12 +12,12 @@ from . import functional as DF
 from ._validation import check_non_negative
 from .binning import GroupBinner
 from .heads import MultiExpertHead
+from .metrics import balanced_mae
 
 __all__ = [
     "DEFAULT_INFERENCE_CANDIDATES",
     "DEFAULT_MAE_GUARD",
     "InferenceChoice",
-    "balanced_mae",
     "select_inference",
 ]
 
@@ -44,43 +44,6 @@ class InferenceChoice(NamedTuple):
     tau: float
     score: float
     scores: dict[tuple[str, float], tuple[float, float]]
-
-
-def balanced_mae(prediction: Tensor, target: Tensor, bin_edges: Tensor) -> Tensor:
-    r"""The mean over label bins of the per-bin mean absolute error (empty bins skipped).
-
-    .. math::
-        \text{bMAE} = \frac{1}{|B|} \sum_{b \in B} \frac{1}{|b|} \sum_{i \in b}
-            |\hat y_i - y_i|
-
-    Labels below the first edge fall in the first bin, above the last in the last.
-
-    Args:
-        prediction, target: (N,) or (N, 1).
-        bin_edges: (B + 1,) increasing edges.
-
-    Returns:
-        A 0-d float64 tensor.
-
-    Example:
-        >>> balanced_mae(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0]),
-        ...              torch.tensor([0.0, 2.0, 4.0]))
-        tensor(1.5000, dtype=torch.float64)
-    """
-    pred = prediction.detach().reshape(-1).double()
-    y = target.detach().reshape(-1).double().to(pred.device)
-    if pred.shape != y.shape:
-        raise ValueError(
-            f"expected prediction and target with the same number of values, got "
-            f"{tuple(prediction.shape)} and {tuple(target.shape)}"
-        )
-    edges = bin_edges.to(pred.device, torch.float64)
-    bins = torch.bucketize(y, edges[1:-1], right=True)
-    num_bins = edges.numel() - 1
-    counts = torch.bincount(bins, minlength=num_bins).double()
-    sums = torch.bincount(bins, weights=(pred - y).abs(), minlength=num_bins)
-    filled = counts > 0
-    return (sums[filled] / counts[filled]).mean()
 
 
 @torch.no_grad()

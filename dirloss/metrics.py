@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from dirloss._validation import as_float64_array, as_vector, check_positive
+from ._validation import as_float64_array, as_vector, check_positive
 
 __all__ = ["GM_EPS", "EDGE_RTOL", "REGIONS", "shot_metrics", "stsb_dir_regions"]
 
@@ -45,19 +47,23 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         raise ValueError(f"expected {name} to be finite, got {bad} NaN or inf value(s)")
 
 
+def _check_edges(bin_edges: ArrayLike) -> np.ndarray:
+    edges = as_float64_array(bin_edges)
+    if edges.ndim != 1 or edges.size < 2:
+        raise ValueError(
+            f"expected bin_edges to be 1-D with >= 2 entries, got shape {tuple(edges.shape)}"
+        )
+    _check_finite(edges, "bin_edges")
+    if np.any(np.diff(edges) <= 0):
+        raise ValueError(f"expected strictly increasing bin_edges, got {edges.tolist()}")
+    return edges
+
+
 def _make_edges(
     bin_edges: ArrayLike | None, bin_width: float, labels: np.ndarray
 ) -> np.ndarray:
     if bin_edges is not None:
-        edges = as_float64_array(bin_edges)
-        if edges.ndim != 1 or edges.size < 2:
-            raise ValueError(
-                f"expected bin_edges to be 1-D with >= 2 entries, got shape {tuple(edges.shape)}"
-            )
-        _check_finite(edges, "bin_edges")
-        if np.any(np.diff(edges) <= 0):
-            raise ValueError(f"expected strictly increasing bin_edges, got {edges.tolist()}")
-        return edges
+        return _check_edges(bin_edges)
     lo, hi = (labels.min(), labels.max()) if labels.size else (0.0, 0.0)
     start = math.floor(lo / bin_width + EDGE_RTOL) * bin_width
     num_bins = max(1, math.ceil((hi - start) / bin_width - EDGE_RTOL))
@@ -120,6 +126,40 @@ def _balanced_mae(abs_err: np.ndarray, bins: np.ndarray, num_bins: int) -> float
     if not filled.any():
         return math.nan
     return float(np.mean(sums[filled] / counts[filled]))
+
+
+def balanced_mae(prediction: Tensor, target: Tensor, bin_edges: Tensor) -> Tensor:
+    r"""The mean over label bins of the per-bin mean absolute error (empty bins skipped).
+
+    .. math::
+        \text{bMAE} = \frac{1}{|B|} \sum_{b \in B} \frac{1}{|b|} \sum_{i \in b}
+            |\hat y_i - y_i|
+
+    Bins as in :func:`shot_metrics` (the same implementation): a label within
+    :data:`EDGE_RTOL` of the narrowest bin width below an edge counts as on it; labels below
+    the first edge fall in the first bin, above the last in the last.
+
+    Args:
+        prediction, target: (N,) or (N, 1).
+        bin_edges: (B + 1,) increasing edges.
+
+    Returns:
+        A 0-d float64 tensor on the device of ``prediction`` (NaN for N = 0).
+
+    Example:
+        >>> balanced_mae(torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 3.0]),
+        ...              torch.tensor([0.0, 2.0, 4.0]))
+        tensor(1.5000, dtype=torch.float64)
+    """
+    pred, y = as_vector(prediction, "prediction"), as_vector(target, "target")
+    if pred.shape != y.shape:
+        raise ValueError(
+            f"expected prediction and target with the same number of values, got "
+            f"{tuple(prediction.shape)} and {tuple(target.shape)}"
+        )
+    edges = _check_edges(bin_edges)
+    value = _balanced_mae(np.abs(pred - y), _bin_index(y, edges), edges.size - 1)
+    return torch.tensor(value, dtype=torch.float64, device=prediction.device)
 
 
 def shot_metrics(

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dirloss import balanced_mae
 from dirloss.metrics import EDGE_RTOL, GM_EPS, REGIONS, shot_metrics, stsb_dir_regions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -320,3 +321,14 @@ def test_stsb_dir_test_split_region_counts():
     edges, regions = np.linspace(0, 5, 51), stsb_dir_regions()
     out = shot_metrics(scores, scores, [], bin_edges=edges, regions=regions)
     assert (out["many"]["count"], out["medium"]["count"], out["few"]["count"]) == (756, 170, 74)
+
+
+def test_balanced_mae_equals_shot_metrics_bmae():
+    # One implementation: the tensor form and shot_metrics bin the labels alike, also for
+    # labels an ulp below an edge (np.linspace(0, 5, 51)[3] style).
+    edges = np.linspace(0.0, 5.0, 51)
+    target = np.concatenate([np.random.default_rng(0).uniform(0, 5, 200), edges[1:-1] - 1e-12])
+    pred = target + np.random.default_rng(1).normal(0, 0.3, target.size)
+    want = shot_metrics(pred, target, target, bin_edges=edges)["bmae"]
+    got = balanced_mae(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(edges))
+    assert got.dtype == torch.float64 and got.item() == want
