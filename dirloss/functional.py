@@ -7,6 +7,7 @@ functions in its ``forward``: the math lives here, in one place.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +252,8 @@ def expert_mse_loss(
     groups: Tensor,
     *,
     table: Tensor | None = None,
-    scale: float | Tensor = 1.0,
+    target_unit: float | Tensor = 1.0,
+    scale: float | Tensor | None = None,
 ) -> Tensor:
     r"""Mean squared error of the experts, each weighted by its share of the sample's group.
 
@@ -260,17 +262,18 @@ def expert_mse_loss(
             \lVert \hat y_{i g} - y_i \rVert^2
 
     with :math:`w` from :func:`expert_share_table` (the identity when ``table`` is omitted:
-    only the true group's expert, as in the paper) and :math:`s_y` = ``scale``, the unit of
-    the targets (e.g. the training labels' standard deviation, which makes the loss the same
-    for targets :math:`y` and :math:`c y + d` once ``scale`` follows them).
+    only the true group's expert, as in the paper) and :math:`s_y` = ``target_unit``, the unit
+    of the targets (e.g. the training labels' standard deviation, which makes the loss the
+    same for targets :math:`y` and :math:`c y + d` once ``target_unit`` follows them).
 
     Args:
         experts: (N, G, O) every expert's prediction.
         target: (N, O) targets.
         groups: (N,) integer true groups in ``[0, G)``.
         table: optional (G, G) expert weights whose rows sum to one.
-        scale: positive unit of the targets (a float or a 0-d tensor, e.g.
+        target_unit: positive unit of the targets (a float or a 0-d tensor, e.g.
             ``GroupBinner.label_std``).
+        scale: deprecated name of ``target_unit`` (it warns).
 
     Returns:
         A scalar, computed in at least float32; 0 for an empty batch.
@@ -290,9 +293,8 @@ def expert_mse_loss(
     check_group_targets("groups", groups, n)
     check_group_range("groups", groups, num_groups)
     work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
-    if isinstance(scale, Tensor):
-        scale = scale.to(work)
-    denominator = max(n * out_features, 1) * scale**2  # the mean, and 0 (not NaN) when empty
+    unit = _target_unit(target_unit, scale, "expert_mse_loss", work)
+    denominator = max(n * out_features, 1) * unit**2  # the mean, and 0 (not NaN) when empty
     if table is None:
         pred = select_expert(experts, groups)
         return F.mse_loss(pred.to(work), target.to(work), reduction="sum") / denominator
@@ -305,10 +307,29 @@ def expert_mse_loss(
     return torch.dot(weight.flatten(), squared.flatten()) / denominator
 
 
+def _target_unit(
+    target_unit: float | Tensor, scale: float | Tensor | None, fn: str, work: torch.dtype
+) -> float | Tensor:
+    """``target_unit`` (or the deprecated ``scale``, with a warning) in the working dtype."""
+    if scale is not None:
+        warnings.warn(
+            f"{fn}(scale=...) is deprecated; use target_unit=... (the same value). 'scale' "
+            "elsewhere in dirloss is the soft labels' sharpness",
+            FutureWarning, stacklevel=3,
+        )
+        target_unit = scale
+    return target_unit.to(work) if isinstance(target_unit, Tensor) else target_unit
+
+
 def mixture_mse_loss(
-    logits: Tensor, experts: Tensor, target: Tensor, *, scale: float | Tensor = 1.0
+    logits: Tensor,
+    experts: Tensor,
+    target: Tensor,
+    *,
+    target_unit: float | Tensor = 1.0,
+    scale: float | Tensor | None = None,
 ) -> Tensor:
-    r"""Mean squared error of the soft mixture of experts, in units of ``scale``.
+    r"""Mean squared error of the soft mixture of experts, in units of ``target_unit``.
 
     .. math::
         \mathcal{L}_{mix} = \frac{1}{N O s_y^2} \sum_i
@@ -321,7 +342,8 @@ def mixture_mse_loss(
         logits: (N, G) group logits.
         experts: (N, G, O) every expert's prediction.
         target: (N, O) targets.
-        scale: positive unit of the targets (a float or a 0-d tensor).
+        target_unit: positive unit of the targets (a float or a 0-d tensor).
+        scale: deprecated name of ``target_unit`` (it warns).
 
     Returns:
         A scalar, computed in at least float32; 0 for an empty batch.
@@ -335,9 +357,8 @@ def mixture_mse_loss(
     pred = combine_experts(logits.to(work), experts.to(work), "soft")
     if target.shape != pred.shape:
         raise ValueError(f"expected target of shape {tuple(pred.shape)}, got {tuple(target.shape)}")
-    if isinstance(scale, Tensor):
-        scale = scale.to(work)
-    denominator = max(pred.numel(), 1) * scale**2
+    unit = _target_unit(target_unit, scale, "mixture_mse_loss", work)
+    denominator = max(pred.numel(), 1) * unit**2
     return F.mse_loss(pred, target.to(work), reduction="sum") / denominator
 
 

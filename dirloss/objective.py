@@ -6,11 +6,12 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import functional as DF
 from ._validation import (
+    DeferredInit,
     check_group_range,
     check_group_targets,
     check_non_negative,
@@ -44,7 +45,7 @@ class GroupDIRLossOutput(NamedTuple):
     mix: Tensor
 
 
-class GroupDIRLoss(nn.Module):
+class GroupDIRLoss(DeferredInit):
     r"""The Group-DIR training objective: the library's recipe by default, the paper's on request.
 
     .. math::
@@ -165,6 +166,13 @@ class GroupDIRLoss(nn.Module):
             table = DF.expert_share_table(binner.num_groups, self.expert_share)
         self.register_buffer("expert_table", table, persistent=False)
 
+    def _init_buffers(self) -> None:
+        # Not in the state_dict (derived from expert_share): refilled after to_empty().
+        if self.expert_table is not None:
+            self.expert_table.copy_(
+                DF.expert_share_table(self.binner.num_groups, self.expert_share)
+            )
+
     @classmethod
     def paper(
         cls, binner: GroupBinner, *, authors_weighting: bool = False, **kwargs: Any
@@ -232,12 +240,12 @@ class GroupDIRLoss(nn.Module):
         if self.soft_label.reduction == "none":  # per-sample soft term: the term-by-term path
             if self.lambda_mse:
                 mse = DF.expert_mse_loss(
-                    experts, target, groups, table=self.expert_table, scale=unit
+                    experts, target, groups, table=self.expert_table, target_unit=unit
                 )
             if self.lambda_soft:
                 soft = self.soft_label(output.logits, groups, group_counts=self.binner.counts)
             if self.lambda_mix:
-                mix = DF.mixture_mse_loss(output.logits, experts, target, scale=unit)
+                mix = DF.mixture_mse_loss(output.logits, experts, target, target_unit=unit)
         elif self.lambda_mse or self.lambda_soft or self.lambda_mix:
             # one node for the three head terms and their weighted sum
             head, mse, soft, mix = self._head_terms(output.logits, experts, target, groups, unit)
@@ -266,7 +274,7 @@ class GroupDIRLoss(nn.Module):
         n, num_groups, out_features = experts.shape
         if isinstance(unit, Tensor):
             unit = unit.to(work)
-        scale = 1.0 / (max(n * out_features, 1) * unit**2)  # the mean, in units of s_y^2
+        mse_norm = 1.0 / (max(n * out_features, 1) * unit**2)  # the mean, in units of s_y^2
         soft = self.soft_label
         adjustment = soft._adjustment(self.binner.counts) if self.lambda_soft else None
         weights = (self.lambda_mse, self.lambda_soft, self.lambda_mix)
@@ -274,7 +282,7 @@ class GroupDIRLoss(nn.Module):
             out = _HeadTerms.apply(
                 logits.to(work), experts.to(work), target.to(work),
                 groups.long().clamp(0, num_groups - 1), self.expert_table, soft.table,
-                adjustment, scale, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0,
+                adjustment, mse_norm, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0,
                 weights,
             )
         return out  # type: ignore[no-any-return]
@@ -353,7 +361,7 @@ class _HeadTerms(torch.autograd.Function):
         share: Tensor | None,
         soft_table: Tensor,
         adjustment: Tensor | None,
-        scale: float | Tensor,
+        mse_norm: float | Tensor,
         soft_factor: float,
         weights: tuple[float, float, float],
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -366,7 +374,7 @@ class _HeadTerms(torch.autograd.Function):
                 weight = torch.zeros_like(logits).scatter_(1, groups[:, None], 1.0)
             else:
                 weight = share.to(logits.dtype).index_select(0, groups)
-            mse = torch.dot(weight.view(-1), torch.linalg.vecdot(diff, diff).view(-1)) * scale
+            mse = torch.dot(weight.view(-1), torch.linalg.vecdot(diff, diff).view(-1)) * mse_norm
             total = mse * lambda_mse
         if lambda_soft:
             shifted = logits if adjustment is None else logits + adjustment.to(logits.dtype)
@@ -382,10 +390,11 @@ class _HeadTerms(torch.autograd.Function):
             else:
                 p = logits.T.softmax(dim=0).T
             m = torch.linalg.vecdot(p[:, :, None], diff, dim=1)  # (N, O)
-            mix = torch.dot(m.view(-1), m.view(-1)) * scale
+            mix = torch.dot(m.view(-1), m.view(-1)) * mse_norm
             total = torch.add(total, mix, alpha=lambda_mix)
         ctx.save_for_backward(diff, weight, p, m, rows, log_prob)
-        ctx.mse_factor, ctx.mix_factor = 2.0 * lambda_mse * scale, 2.0 * lambda_mix * scale
+        ctx.mse_factor = 2.0 * lambda_mse * mse_norm
+        ctx.mix_factor = 2.0 * lambda_mix * mse_norm
         ctx.soft_factor = lambda_soft * soft_factor
         ctx.mark_non_differentiable(mse, soft, mix)
         return total, mse, soft, mix

@@ -159,7 +159,8 @@ def test_expert_mse_matches_loop(out_features, share, scale, device):
     experts, target, groups = make_experts(out_features=out_features, device=device)
     table = None if share is None else expert_share_table(4, share, dtype=torch.float64)
     got = expert_mse_loss(
-        experts, target, groups, table=None if table is None else table.to(device), scale=scale
+        experts, target, groups, table=None if table is None else table.to(device),
+        target_unit=scale,
     )
     assert got.shape == () and got.dtype == torch.float64
     weights = ref_share_table(4, 0.0 if share is None else share)  # None: true group only
@@ -181,8 +182,8 @@ def test_expert_mse_without_table_is_true_group_mse():
 def test_expert_mse_tensor_scale_equals_float_scale():
     experts, target, groups = make_experts()
     table = expert_share_table(4, 1.0, dtype=torch.float64)
-    a = expert_mse_loss(experts, target, groups, table=table, scale=2.5)
-    b = expert_mse_loss(experts, target, groups, table=table, scale=torch.tensor(2.5))
+    a = expert_mse_loss(experts, target, groups, table=table, target_unit=2.5)
+    b = expert_mse_loss(experts, target, groups, table=table, target_unit=torch.tensor(2.5))
     torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
 
 
@@ -195,7 +196,7 @@ def test_expert_mse_gradcheck(share):
     scale = torch.tensor(1.7, dtype=torch.float64)
 
     def fn(experts, target):
-        return expert_mse_loss(experts, target, groups, table=table, scale=scale)
+        return expert_mse_loss(experts, target, groups, table=table, target_unit=scale)
 
     assert torch.autograd.gradcheck(fn, (experts, target))
     assert torch.autograd.gradgradcheck(fn, (experts, target))
@@ -235,7 +236,7 @@ def test_expert_mse_autocast_bf16_accumulates_in_float32(share, device):
 def test_expert_mse_extreme_values_finite():
     experts = torch.full((3, 4, 1), 1e15, dtype=torch.float32, requires_grad=True)
     target = torch.full((3, 1), -1e15)
-    loss = expert_mse_loss(experts, target, torch.tensor([0, 1, 3]), scale=1e15)
+    loss = expert_mse_loss(experts, target, torch.tensor([0, 1, 3]), target_unit=1e15)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(experts.grad).all()
 
@@ -248,7 +249,7 @@ def test_expert_mse_compile_fullgraph(share):
     scale = torch.tensor(1.3, dtype=torch.float64)  # a float64 buffer, as binner.label_std
 
     def fn(experts, target, groups):
-        return expert_mse_loss(experts, target, groups, table=table, scale=scale)
+        return expert_mse_loss(experts, target, groups, table=table, target_unit=scale)
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(experts, target, groups), fn(experts, target, groups))
@@ -301,7 +302,7 @@ def make_mixture(n=7, num_groups=4, out_features=2, dtype=torch.float64, device=
 @pytest.mark.parametrize("scale", [1.0, 0.37, 12.5])
 def test_mixture_mse_matches_loop(out_features, scale, device):
     logits, experts, target = make_mixture(out_features=out_features, device=device)
-    got = mixture_mse_loss(logits, experts, target, scale=scale)
+    got = mixture_mse_loss(logits, experts, target, target_unit=scale)
     assert got.shape == () and got.dtype == torch.float64
     ref = ref_mixture_mse(logits.cpu(), experts.cpu(), target.cpu(), scale)
     assert math.isclose(got.item(), ref, rel_tol=1e-12)
@@ -327,8 +328,8 @@ def test_mixture_mse_is_the_mse_of_the_soft_prediction():
 
 def test_mixture_mse_tensor_scale_equals_float_scale():
     logits, experts, target = make_mixture()
-    a = mixture_mse_loss(logits, experts, target, scale=2.5)
-    b = mixture_mse_loss(logits, experts, target, scale=torch.tensor(2.5))
+    a = mixture_mse_loss(logits, experts, target, target_unit=2.5)
+    b = mixture_mse_loss(logits, experts, target, target_unit=torch.tensor(2.5))
     torch.testing.assert_close(a, b, rtol=1e-15, atol=0)
 
 
@@ -339,7 +340,7 @@ def test_mixture_mse_gradcheck():
     scale = torch.tensor(1.7, dtype=torch.float64)
 
     def fn(logits, experts):
-        return mixture_mse_loss(logits, experts, target, scale=scale)
+        return mixture_mse_loss(logits, experts, target, target_unit=scale)
 
     assert torch.autograd.gradcheck(fn, (logits, experts))
     assert torch.autograd.gradgradcheck(fn, (logits, experts))
@@ -382,7 +383,7 @@ def test_mixture_mse_extreme_values_finite():
     logits = torch.tensor([[1e4, -1e4, 0.0], [-100.0, 100.0, 100.0]], requires_grad=True)
     experts = torch.full((2, 3, 1), 1e15, requires_grad=True)
     target = torch.full((2, 1), -1e15)
-    loss = mixture_mse_loss(logits, experts, target, scale=1e15)
+    loss = mixture_mse_loss(logits, experts, target, target_unit=1e15)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     assert torch.isfinite(experts.grad).all()
@@ -394,7 +395,7 @@ def test_mixture_mse_compile_fullgraph():
     scale = torch.tensor(1.3, dtype=torch.float64)  # a float64 buffer, as binner.label_std
 
     def fn(logits, experts, target):
-        return mixture_mse_loss(logits, experts, target, scale=scale)
+        return mixture_mse_loss(logits, experts, target, target_unit=scale)
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(logits, experts, target), fn(logits, experts, target))
@@ -711,3 +712,20 @@ def test_select_inference_bad_head_or_data():
     head = MultiExpertHead(3, 5)
     with pytest.raises(ValueError, match="one target per feature row"):
         select_inference(head, features.float(), target[:-1], binner)
+
+
+@pytest.mark.parametrize("fn", ["expert", "mixture"])
+def test_scale_keyword_is_a_deprecated_alias_of_target_unit(fn):
+    experts = torch.randn(5, 3, 2, dtype=torch.float64)
+    target = torch.randn(5, 2, dtype=torch.float64)
+    if fn == "expert":
+        def loss(**kw):
+            return expert_mse_loss(experts, target, torch.tensor([0, 1, 2, 1, 0]), **kw)
+    else:
+        logits = torch.randn(5, 3, dtype=torch.float64)
+
+        def loss(**kw):
+            return mixture_mse_loss(logits, experts, target, **kw)
+    with pytest.warns(FutureWarning, match="use target_unit"):
+        old = loss(scale=2.5)
+    assert torch.equal(old, loss(target_unit=2.5))  # the same computation
