@@ -60,7 +60,7 @@ class _Continuous(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x_c: Tensor,
         y_c: Tensor,
@@ -100,7 +100,7 @@ class _Continuous(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # the analytic backward is not itself differentiable: say so
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         z, norm, order, rank, where, table = ctx.saved_tensors
         grad = grad * (_pair_scale(z) * ctx.factor)
         if ctx.whole:
@@ -185,5 +185,7 @@ def continuous(
     has shape (N, L); the distance is the L1 norm over L. Peak extra memory: one (n, N) table
     kept for backward plus a row block's temporaries.
     """
-    out = _Continuous.apply(x_c, y_c, offset, n_anchors, kind, temperature)
+    out = _Continuous.apply(  # type: ignore[no-untyped-call]
+        x_c, y_c, offset, n_anchors, kind, temperature
+    )
     return out  # type: ignore[no-any-return]

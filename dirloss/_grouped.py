@@ -165,7 +165,7 @@ class _GroupContrast(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x_c: Tensor,
         y_c: Tensor,
@@ -212,7 +212,7 @@ class _GroupContrast(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable  # the analytic backward is not itself differentiable: say so
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         z_c, norm, y_c, one_hot, table, saved, index = ctx.saved_tensors
         # w_i: dL/d(loss sum of anchor i) times ds/d<a, c> (for "l2", without its 1 / s).
         w = grad * (ctx.scale / (ctx.temperature if ctx.kind == "cosine" else -ctx.temperature**2))
@@ -377,7 +377,7 @@ def grouped(
     ``x_c`` are raw features (normalised inside, with a fused backward). ``chunk_size``
     processes the anchors in row blocks: peak memory O(chunk_size * N).
     """
-    out = _GroupContrast.apply(
+    out = _GroupContrast.apply(  # type: ignore[no-untyped-call]
         x_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size, reduction
     )
     return out  # type: ignore[no-any-return]

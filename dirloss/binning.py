@@ -87,6 +87,11 @@ class GroupBinner(Float64Buffers):
         ``.to(device)``; the float64 buffers stay float64 under ``.half()`` or
         ``.to(dtype)``, so casting a model never moves a label to another group.
 
+    Deferred initialisation: a binner built under ``with torch.device("meta"):`` prints, and
+    with ``edges=`` bins meta tensors (shape inference); ``to_empty(device=...)`` refills
+    its buffers as the constructor did (unfitted, or the given edges), after which
+    ``fit`` or ``load_state_dict`` work as usual. ``fit`` on ``meta`` raises ``ValueError``.
+
     Shape:
         - Input: (N,) or (N, 1) labels (the trailing 1 is dropped); any other 2-D shape
           raises ``ValueError`` (one label per sample). Inputs of 0 or >= 3 dimensions
@@ -149,7 +154,8 @@ class GroupBinner(Float64Buffers):
         self.register_buffer("fit_range", torch.tensor(bounds, dtype=torch.float64))
         mode = _EXPLICIT if given is not None else _STRATEGIES.index(strategy)
         self.register_buffer("fit_mode", torch.tensor(mode, dtype=torch.long))
-        self._read_settings()
+        self._set_settings(mode, low, high)  # from the arguments: the buffers may be meta
+        self._given_edges = given
         self._fitted = False
         if given is not None:
             self._set_edges(given)
@@ -170,14 +176,30 @@ class GroupBinner(Float64Buffers):
         return self._high
 
     def _read_settings(self) -> None:
-        """Host copies of the ``fit_range`` / ``fit_mode`` buffers (read at construction and
-        load, never in ``forward``)."""
-        mode = int(self.fit_mode)
+        """Host copies of the ``fit_range`` / ``fit_mode`` buffers (read at load, never in
+        ``forward``)."""
+        low, high = (float(b) for b in self.fit_range)
+        self._set_settings(int(self.fit_mode), None if math.isnan(low) else low,
+                           None if math.isnan(high) else high)
+
+    def _set_settings(self, mode: int, low: float | None, high: float | None) -> None:
+        self._mode = mode
         self._explicit_edges = mode == _EXPLICIT
         self._strategy = "uniform" if self._explicit_edges else _STRATEGIES[mode]
-        low, high = (float(b) for b in self.fit_range)
-        self._low = None if math.isnan(low) else low
-        self._high = None if math.isnan(high) else high
+        self._low, self._high = low, high
+
+    def _init_buffers(self) -> None:
+        nan = float("nan")
+        self.edges.fill_(nan)
+        self.counts.zero_()
+        self.centers.fill_(nan)
+        self.label_std.fill_(nan)
+        bounds = [nan if b is None else b for b in (self._low, self._high)]
+        self.fit_range.copy_(torch.tensor(bounds, dtype=torch.float64))
+        self.fit_mode.fill_(self._mode)
+        self._fitted = False
+        if self._given_edges is not None:
+            self._set_edges(self._given_edges)
 
     @property
     def fitted(self) -> bool:
@@ -201,6 +223,11 @@ class GroupBinner(Float64Buffers):
             UserWarning: when some group holds no training label (its expert would never
                 train).
         """
+        if self.edges.is_meta:
+            raise ValueError(
+                "expected a GroupBinner with real buffers to fit, got one on the meta device "
+                "(call binner.to_empty(device=...) first)"
+            )
         y = _as_label_vector(labels)
         if not self._explicit_edges:
             self._set_edges(self._edges_from(y))
@@ -260,7 +287,8 @@ class GroupBinner(Float64Buffers):
         e = torch.as_tensor(edges, dtype=torch.float64, device=self.edges.device)
         self.edges.copy_(e)
         self.centers.copy_((e[1:] + e[:-1]) / 2)
-        self.label_std.fill_(self._uniform_std())
+        # from the host array, not the buffer: no host read, and none on meta
+        self.label_std.fill_(float(edges[-1] - edges[0]) / math.sqrt(12.0))
         self._fitted = True
 
     def _uniform_std(self) -> float:
@@ -276,9 +304,11 @@ class GroupBinner(Float64Buffers):
         state_dict.setdefault(prefix + "fit_range", self.fit_range.clone())
         state_dict.setdefault(prefix + "fit_mode", self.fit_mode.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.edges.is_meta:  # loading into meta buffers is a no-op (without assign=True)
+            return
         self._read_settings()
         self._fitted = bool(torch.isfinite(self.edges).all())
 
 
 def _quantile_edges(y: np.ndarray, num_groups: int) -> np.ndarray:
-    return np.quantile(y, np.linspace(0.0, 1.0, num_groups + 1))
+    return np.asarray(np.quantile(y, np.linspace(0.0, 1.0, num_groups + 1)))

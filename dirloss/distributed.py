@@ -47,14 +47,14 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:
         rank = dist.get_rank()
         ctx.lo = sum(sizes[:rank])
         ctx.hi = ctx.lo + sizes[rank]
         return _gather_rows(x, sizes)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
         dist.all_reduce(grad)
         return grad[ctx.lo : ctx.hi], None
@@ -74,7 +74,7 @@ def gather_batch(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, int]
         this rank's first local sample in it.
     """
     sizes = _all_ints(features.shape[0], features.device)
-    all_features = _GatherWithGrad.apply(features, sizes)
+    all_features = _GatherWithGrad.apply(features, sizes)  # type: ignore[no-untyped-call]
     all_labels = _gather_rows(labels.detach(), sizes)
     return all_features, all_labels, sum(sizes[: dist.get_rank()])
 

@@ -73,7 +73,7 @@ def _make_edges(
 def _bin_index(y: np.ndarray, edges: np.ndarray) -> np.ndarray:
     tol = EDGE_RTOL * np.diff(edges).min()
     idx = np.searchsorted(edges, y + tol, side="right") - 1
-    return np.clip(idx, 0, edges.size - 2)
+    return np.asarray(np.clip(idx, 0, edges.size - 2))
 
 
 def _region_of_bins(

@@ -279,7 +279,7 @@ class GroupDIRLoss(DeferredInit):
         adjustment = soft._adjustment(self.binner.counts) if self.lambda_soft else None
         weights = (self.lambda_mse, self.lambda_soft, self.lambda_mix)
         with without_autocast(experts.device.type):
-            out = _HeadTerms.apply(
+            out = _HeadTerms.apply(  # type: ignore[no-untyped-call]
                 logits.to(work), experts.to(work), target.to(work),
                 groups.long().clamp(0, num_groups - 1), self.expert_table, soft.table,
                 adjustment, mse_norm, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0,
@@ -352,7 +352,7 @@ class _HeadTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         logits: Tensor,
         experts: Tensor,
@@ -401,7 +401,7 @@ class _HeadTerms(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad: Tensor, *unused: Tensor
     ) -> tuple[Tensor | None, ...]:
         diff, weight, p, m, rows, log_prob = ctx.saved_tensors
