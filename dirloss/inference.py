@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -28,6 +29,8 @@ DEFAULT_INFERENCE_CANDIDATES: tuple[tuple[str, float], ...] = (
 
 DEFAULT_MAE_GUARD = 0.02
 """Default ``max_mae_increase`` of :func:`select_inference`."""
+
+_MIN_ROWS_PER_BIN = 5  # below this many validation rows per bin on average, select_inference warns
 
 
 class InferenceChoice(NamedTuple):
@@ -68,6 +71,15 @@ def select_inference(
     gain on rare labels is not bought with a large loss everywhere else; ``None`` turns the
     guard off). Ties go to the earlier candidate.
 
+    The validation data is checked first (a validation-time function, so reading values is
+    fine): it must hold at least one row, finite features and targets, and the binner must
+    be fitted with the head's number of groups (``ValueError`` otherwise). With fewer than
+    5 rows per bin of the balanced MAE on average (``5 * G`` with the default bins) the
+    scores rest on one or two samples in most bins and the pick is mostly noise: the
+    function still tunes, but warns (``UserWarning``); use more validation data, or set the
+    head by hand (``head.inference = ...``, ``head.set_logit_adjustment(tau,
+    binner.counts)``).
+
     Args:
         head: the trained head (its inference setting is changed in place).
         features: (N, in_features) validation features, e.g. ``backbone(x_val)``.
@@ -80,6 +92,13 @@ def select_inference(
 
     Returns:
         :class:`InferenceChoice`.
+
+    Raises:
+        ValueError: bad arguments, an empty or non-finite validation set, or a binner that
+            is not fitted or has another number of groups than the head.
+
+    Warns:
+        UserWarning: fewer than 5 validation rows per bin on average.
 
     Example:
         >>> binner = GroupBinner(4).fit(torch.rand(200))
@@ -100,12 +119,38 @@ def select_inference(
         check_non_negative("tau", tau)
     if head.out_features != 1:
         raise ValueError(f"expected a head with out_features=1, got {head.out_features}")
+    if not binner.fitted:
+        raise ValueError("expected a fitted GroupBinner (the one of training), got an unfitted one")
+    if binner.num_groups != head.num_groups:
+        raise ValueError(
+            f"expected a binner with the head's number of groups, but the binner has "
+            f"{binner.num_groups} groups and the head has {head.num_groups}"
+        )
+    if features.dim() != 2 or features.shape[1] != head.in_features:
+        raise ValueError(
+            f"expected features of shape (N, {head.in_features}), got {tuple(features.shape)}"
+        )
     y = target.reshape(-1)
     if features.shape[0] != y.shape[0]:
         raise ValueError(
             f"expected one target per feature row ({features.shape[0]}), got {tuple(target.shape)}"
         )
+    if y.shape[0] == 0:
+        raise ValueError(
+            f"expected at least one validation row, got features of shape "
+            f"{tuple(features.shape)} and target of shape {tuple(target.shape)}"
+        )
+    for name, values in (("features", features), ("targets", y)):
+        _check_finite(name, values)
     edges = binner.edges if bin_edges is None else torch.as_tensor(bin_edges)
+    num_bins = edges.numel() - 1
+    if y.shape[0] < _MIN_ROWS_PER_BIN * num_bins:
+        warnings.warn(
+            f"select_inference got {y.shape[0]} validation rows for {num_bins} bins (fewer "
+            f"than {_MIN_ROWS_PER_BIN} per bin on average): its scores rest on a sample or two "
+            "per bin, so the chosen setting may be noise; use more validation data",
+            stacklevel=2,
+        )
     out = head(features)
     head.set_logit_adjustment(head.tau, binner.counts)  # the prior of this binner
     scores: dict[tuple[str, float], tuple[float, float]] = {}
@@ -122,3 +167,19 @@ def select_inference(
     head.inference = inference
     head.set_logit_adjustment(tau)
     return InferenceChoice(inference, tau, scores[(inference, tau)][index], scores)
+
+
+def _check_finite(name: str, values: Tensor) -> None:
+    """Raise if ``values`` (validation features or targets) hold NaN or inf: say how many
+    and in which rows."""
+    bad = ~torch.isfinite(values)
+    count = int(bad.sum())
+    if count:
+        rows = bad.reshape(values.shape[0], -1).any(dim=1).nonzero()[:, 0]
+        shown = rows[:5].tolist()
+        more = ", ..." if rows.numel() > len(shown) else ""
+        raise ValueError(
+            f"expected finite validation {name}, got {count} NaN/inf of {values.numel()} "
+            f"values (in {rows.numel()} of {values.shape[0]} rows: "
+            f"{', '.join(map(str, shown))}{more})"
+        )
