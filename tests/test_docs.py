@@ -131,3 +131,17 @@ def test_api_page_entries_exist() -> None:
         except ImportError:
             pass
         assert hasattr(importlib.import_module(module_path), attr), path
+
+
+def test_one_version_source() -> None:
+    """pyproject reads the version from dirloss.__version__; the citation quotes it."""
+    import importlib.metadata
+
+    import dirloss
+
+    assert importlib.metadata.version("dirloss") == dirloss.__version__
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert re.search(r'^dynamic = \["version"\]', pyproject, flags=re.MULTILINE)
+    assert not re.search(r"^version = ", pyproject, flags=re.MULTILINE)
+    cite = (ROOT / "docs" / "cite.md").read_text(encoding="utf-8")
+    assert f"version = {{{dirloss.__version__}}}" in cite
