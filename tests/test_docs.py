@@ -142,6 +142,6 @@ def test_one_version_source() -> None:
     assert importlib.metadata.version("dirloss") == dirloss.__version__
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert re.search(r'^dynamic = \["version"\]', pyproject, flags=re.MULTILINE)
-    assert not re.search(r"^version = ", pyproject, flags=re.MULTILINE)
+    assert not re.search(r'^version = "', pyproject, flags=re.MULTILINE)  # no literal
     cite = (ROOT / "docs" / "cite.md").read_text(encoding="utf-8")
     assert f"version = {{{dirloss.__version__}}}" in cite
