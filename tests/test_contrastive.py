@@ -224,10 +224,8 @@ def test_gradcheck_float_labels(similarity):
     features = randn(6, 3, requires_grad=True)
     labels = torch.tensor([0.5, 1.5, 0.5, -1.0, 2.25, 1.5], dtype=torch.float64)
     for reduction in ("mean", "none"):
-        fn = lambda f: loss_fn(  # noqa: E731
-            f, labels, similarity=similarity, temperature=0.5, reduction=reduction
-        )
-        assert torch.autograd.gradcheck(fn, (features,))
+        kw = {"similarity": similarity, "temperature": 0.5, "reduction": reduction}
+        assert torch.autograd.gradcheck(lambda f, kw=kw: loss_fn(f, labels, **kw), (features,))
 
 
 @pytest.mark.parametrize("similarity", SIMILARITIES)

@@ -449,7 +449,9 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     ci = (root / ".ci" / "run").read_text().splitlines()
     assert test_command in ci, test_command
     venv = next(i for i, line in enumerate(ci) if "-m venv" in line)
-    activate = next(i for i, line in enumerate(ci) if line.startswith("source") and "activate" in line)
+    activate = next(
+        i for i, line in enumerate(ci) if line.startswith("source") and "activate" in line
+    )
     assert venv < activate < ci.index(test_command)
 
 
@@ -480,7 +482,8 @@ for target in sys.argv[1:]:
                 runpy.run_module(target, run_name="__main__", alter_sys=True)
         result = "did not exit"
     except SystemExit as exit:
-        result = "ok" if exit.code in (0, None) and "usage:" in out.getvalue() else f"exit {exit.code!r}"
+        ok = exit.code in (0, None) and "usage:" in out.getvalue()
+        result = "ok" if ok else f"exit {exit.code!r}"
     except BaseException as err:
         result = f"{type(err).__name__}: {err}"
     print(f"{target}\t{result}", file=sys.__stdout__)
