@@ -74,9 +74,10 @@ def check_group_range(name: str, groups: Tensor, num_groups: int, *, force: bool
     The check reads tensor values, so it runs only where that is free of device syncs and
     graph breaks: always for CPU tensors, for other devices only when ``force`` (a module's
     ``validate=True``), and never while ``torch.compile`` traces (a data-dependent ``if``
-    would break ``fullgraph=True``; compiled code runs unchecked).
+    would break ``fullgraph=True``; compiled code runs unchecked); never on ``meta``,
+    which has no values.
     """
-    if not (force or groups.device.type == "cpu") or groups.numel() == 0:
+    if not (force or groups.device.type == "cpu") or groups.numel() == 0 or groups.is_meta:
         return
     if torch.compiler.is_compiling():
         return
@@ -107,7 +108,33 @@ def as_vector(values: Any, name: str) -> np.ndarray:
     return array
 
 
-class Float64Buffers(nn.Module):
+def _has_meta_buffer(module: nn.Module) -> bool:
+    return any(b.is_meta for b in module.buffers(recurse=False))
+
+
+class DeferredInit(nn.Module):
+    """A module whose buffers hold values fixed at construction (tables, settings, zeros),
+    so that deferred initialisation works: built on the ``meta`` device (``device="meta"``
+    or ``with torch.device("meta"):``), the module prints, runs shape-only forwards, and
+    ``to_empty(device=...)`` refills those buffers with the constructor's values through
+    :meth:`_init_buffers` instead of leaving uninitialised memory in them (only when they
+    leave ``meta``: ``to_empty`` of a module with real data empties it, as in torch).
+    Parameters are left to ``reset_parameters()`` or ``load_state_dict``, as for torch's
+    own modules."""
+
+    def _init_buffers(self) -> None:
+        """Fill this module's own buffers (not its children's) as the constructor did."""
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        was_meta = _has_meta_buffer(self)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        if was_meta and not _has_meta_buffer(self):  # to_empty(): .to() cannot leave meta
+            with torch.no_grad():
+                self._init_buffers()
+        return self
+
+
+class Float64Buffers(DeferredInit):
     """A module whose buffers named in ``_float64_buffers`` stay float64: ``.half()`` /
     ``.to(dtype)`` must not round edges or settings (tau reads back exactly as set), so
     those buffers follow the device only."""
@@ -117,14 +144,22 @@ class Float64Buffers(nn.Module):
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         kept = {name: getattr(self, name) for name in self._float64_buffers}
         super()._apply(fn, recurse)
-        for name, value in kept.items():
-            setattr(self, name, value.to(getattr(self, name).device))
+        for name, old in kept.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:  # a cast: the old float64 values on the new device
+                setattr(self, name, old.to(new.device))
         return self
+
+
+def meta_repr(value: Tensor) -> str:
+    """A 0-d buffer's value for ``extra_repr`` (a host read), or ``<meta>`` on ``meta``
+    (where there is no value to read)."""
+    return "<meta>" if value.is_meta else str(float(value))
 
 
 def _autocast_check() -> Any:
     try:
-        torch.is_autocast_enabled("cpu")  # type: ignore[call-arg]
+        torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4: no per-device form
         return lambda device_type: True
     return torch.is_autocast_enabled
@@ -138,6 +173,6 @@ def without_autocast(device_type: str) -> Any:
     context: the autocast context costs a few microseconds a call, a fixed cost that shows
     at small batches. (Before torch 2.4, which has no per-device query, always the
     autocast context.)"""
-    if _autocast_enabled(device_type):
+    if device_type != "meta" and _autocast_enabled(device_type):  # meta has no autocast
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()

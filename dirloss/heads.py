@@ -15,6 +15,7 @@ from ._validation import (
     check_group_targets,
     check_non_negative,
     check_num_groups,
+    meta_repr,
 )
 
 __all__ = ["HeadOutput", "MultiExpertHead"]
@@ -49,6 +50,12 @@ class MultiExpertHead(Float64Buffers):
     The inference mode is a plain attribute (set it again after loading a ``state_dict``);
     the logit adjustment lives in the ``log_prior`` and ``logit_tau`` buffers and saves
     with the weights.
+
+    Deferred initialisation works as for :class:`torch.nn.Linear`: a head built with
+    ``device="meta"`` prints and runs forwards that return meta tensors of the right shapes
+    (shape inference); ``head.to_empty(device=...)`` then gives it real storage (the
+    logit-adjustment buffers are set as the constructor sets them, "off"), and
+    :meth:`reset_parameters` or ``load_state_dict`` fills the weights.
 
     The prediction is :math:`\hat y_{y}` for the true group ``y`` when ``groups`` is passed
     (training), else :func:`dirloss.functional.combine_experts` of the logits and experts:
@@ -125,6 +132,22 @@ class MultiExpertHead(Float64Buffers):
         self.register_buffer("log_prior", torch.zeros(num_groups, device=device, dtype=dtype))
         # tau stays float64 (like the binner's edges), so it reads back exactly as set.
         self.register_buffer("logit_tau", torch.zeros((), device=device, dtype=torch.float64))
+
+    def reset_parameters(self) -> None:
+        """Re-initialise the head as the constructor does (e.g. after ``to_empty``): the
+        default :class:`torch.nn.Linear` initialisation of the classifier, the base and the
+        experts, the residual deltas at zero, and the logit adjustment off."""
+        for linear in (self.classifier, self.experts, self.base):
+            if linear is not None:
+                linear.reset_parameters()
+        if self.base is not None:
+            _zero_(self.experts)
+        self._init_buffers()
+
+    def _init_buffers(self) -> None:
+        with torch.no_grad():
+            self.log_prior.zero_()
+            self.logit_tau.zero_()
 
     @property
     def inference(self) -> str:
@@ -273,7 +296,7 @@ class MultiExpertHead(Float64Buffers):
         return (
             f"in_features={self.in_features}, num_groups={self.num_groups}, "
             f"out_features={self.out_features}, inference={self.inference!r}, "
-            f"residual={self.residual}, tau={self.tau}"
+            f"residual={self.residual}, tau={meta_repr(self.logit_tau)}"
         )
 
 

@@ -15,6 +15,7 @@ from ._validation import (
     check_group_range,
     check_non_negative,
     check_reduction,
+    meta_repr,
 )
 from .distributed import gather_batch, is_distributed
 
@@ -94,6 +95,29 @@ class DescendingSoftLabelLoss(Float64Buffers):
             adjustment = tau * self._log_prior(torch.as_tensor(group_counts))
         self.register_buffer("logit_adjustment", adjustment)
         self._adjusting = tau > 0  # a host copy of ``logit_tau > 0``, so forward reads none
+        # What to_empty() refills the buffers with after a build on meta (_init_buffers):
+        # a host copy of the adjustment, made from the counts themselves (under
+        # ``torch.device("meta")`` the buffer above is meta even for CPU counts); from counts
+        # on meta it is unknown, NaN until load_state_dict.
+        self._initial_tau = tau
+        self._initial_adjustment: Tensor | None = torch.zeros(num_groups, device="cpu")
+        if group_counts is not None and tau > 0:
+            counts = group_counts
+            if not isinstance(counts, Tensor):
+                counts = torch.as_tensor(counts, device="cpu")
+            self._initial_adjustment = (
+                None if counts.is_meta else tau * self._log_prior(counts.detach().cpu())
+            )
+
+    def _init_buffers(self) -> None:
+        table = DF.descending_soft_label_table(self.num_groups, scale=self.scale, step=self.step)
+        self.table.copy_(table)
+        self.logit_tau.fill_(self._initial_tau)
+        if self._initial_adjustment is None:
+            self.logit_adjustment.fill_(float("nan"))
+        else:
+            self.logit_adjustment.copy_(self._initial_adjustment)
+        self._adjusting = self._initial_tau > 0
 
     @property
     def tau(self) -> float:
@@ -138,12 +162,13 @@ class DescendingSoftLabelLoss(Float64Buffers):
                 prefix + "logit_adjustment", torch.zeros_like(self.logit_adjustment)
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._adjusting = bool(self.logit_tau > 0)
+        if not self.logit_tau.is_meta:  # loading into meta is a no-op (without assign=True)
+            self._adjusting = bool(self.logit_tau > 0)
 
     def extra_repr(self) -> str:
         return (
             f"num_groups={self.num_groups}, scale={self.scale}, step={self.step}, "
-            f"reduction={self.reduction!r}, tau={self.tau}"
+            f"reduction={self.reduction!r}, tau={meta_repr(self.logit_tau)}"
         )
 
 

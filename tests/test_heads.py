@@ -690,3 +690,134 @@ def test_select_expert_matches_loop():
     assert torch.equal(DF.select_expert(experts, groups), want)  # a gather copies: exact
     # Out-of-range indices clamp (the unchecked device path).
     assert torch.equal(DF.select_expert(experts, torch.full((9,), 7)), experts[:, 3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Deferred initialisation on meta: print, shape-only forward, to_empty + reset_parameters.
+# (The head's and, as the same mechanism, the other modules with buffers.)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("residual", [True, False])
+def test_meta_head_prints_and_infers_shapes(residual):
+    head = MultiExpertHead(6, 4, 2, residual=residual, device="meta")
+    assert "tau=<meta>" in repr(head)
+    x = torch.randn(5, 6, device="meta")
+    for inference in ("soft", "argmax"):
+        head.inference = inference
+        for groups in (None, torch.zeros(5, dtype=torch.long, device="meta")):
+            out = head(x, groups)
+            assert [t.shape for t in out] == [(5, 4), (5, 4, 2), (5, 2)]
+            assert all(t.is_meta for t in out)
+    with torch.device("meta"):  # the context-manager path too
+        assert head.__class__(6, 4).log_prior.is_meta
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_meta_head_to_empty_then_reset_parameters_is_a_fresh_head(residual):
+    head = MultiExpertHead(6, 4, 2, residual=residual, device="meta")
+    assert head.to_empty(device="cpu") is head
+    assert not any(t.is_meta for t in head.state_dict().values())
+    assert head.logit_tau.dtype == torch.float64 and head.tau == 0.0  # buffers as constructed
+    assert torch.equal(head.log_prior, torch.zeros(4))
+    torch.manual_seed(3)
+    head.reset_parameters()
+    torch.manual_seed(3)
+    fresh = MultiExpertHead(6, 4, 2, residual=residual)  # same draws in the same order
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(head.state_dict()[key], value), key
+    assert "tau=0.0" in repr(head)
+
+
+def test_reset_parameters_turns_the_adjustment_off():
+    head = MultiExpertHead(3, 4)
+    head.set_logit_adjustment(0.5, torch.tensor([10, 5, 2, 1]))
+    with torch.no_grad():
+        head.experts.weight.fill_(1.0)
+    head.reset_parameters()
+    assert head.tau == 0.0 and not head.log_prior.any() and not head.experts.weight.any()
+
+
+def test_meta_head_loads_a_state_dict():
+    trained = MultiExpertHead(6, 4)
+    trained.set_logit_adjustment(0.7, torch.tensor([9, 4, 2, 1]))
+    x = torch.randn(5, 6)
+    for assign in (False, True):
+        head = MultiExpertHead(6, 4, device="meta")
+        if not assign:
+            head.to_empty(device="cpu")
+        head.load_state_dict(trained.state_dict(), assign=assign)
+        assert head.tau == 0.7
+        torch.testing.assert_close(head(x).prediction, trained(x).prediction, rtol=0, atol=0)
+
+
+def test_meta_binner():
+    with torch.device("meta"):
+        binner = GroupBinner(4)
+        explicit = GroupBinner(4, edges=[0.0, 1.0, 2.0, 3.0, 4.0])
+    assert repr(binner) == "GroupBinner(num_groups=4, strategy='uniform', fitted=False)"
+    with pytest.raises(ValueError, match="expected a GroupBinner with real buffers to fit, got "
+                       r"one on the meta device \(call binner.to_empty"):
+        binner.fit(torch.rand(10))
+    groups = explicit(torch.rand(7, 1, device="meta"))
+    assert groups.is_meta and groups.shape == (7,) and groups.dtype == torch.long
+    binner.to_empty(device="cpu")
+    assert not binner.fitted and torch.isnan(binner.edges).all() and not binner.counts.any()
+    binner.fit(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]))
+    assert binner.edges.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    explicit.to_empty(device="cpu")  # the given edges, as the constructor set them
+    reference = GroupBinner(4, edges=[0.0, 1.0, 2.0, 3.0, 4.0])
+    for key, value in reference.state_dict().items():  # NaN where unset: equal_nan
+        torch.testing.assert_close(explicit.state_dict()[key], value, rtol=0, atol=0,
+                                   equal_nan=True, msg=key)
+    assert explicit.fitted and explicit.strategy == "uniform"
+    with torch.device("meta"):
+        quantile = GroupBinner(3, strategy="quantile")
+    quantile.to_empty(device="cpu")
+    assert quantile.strategy == "quantile" and int(quantile.fit_mode) == 1
+
+
+def test_meta_losses_print_run_and_to_empty():
+    from dirloss import DescendingSoftLabelLoss, GroupContrastiveLoss, GroupDIRLoss
+
+    counts = torch.tensor([5, 3, 2, 1])  # on the CPU, outside the meta context
+    with torch.device("meta"):
+        binner = GroupBinner(4, edges=[0.0, 0.25, 0.5, 0.75, 1.0])
+        head = MultiExpertHead(8, 4)
+        criterion = GroupDIRLoss(binner, validate=True)
+        soft = DescendingSoftLabelLoss(4, group_counts=counts, tau=1.0)
+        contrastive = GroupContrastiveLoss(4)
+    for module in (binner, head, criterion, soft, contrastive):
+        repr(module)
+    assert "tau=<meta>" in repr(soft)
+    x, y = torch.randn(6, 8, device="meta"), torch.rand(6, device="meta")
+    out = criterion(head(x, binner(y)), x, y)
+    assert all(t.is_meta and t.shape == () for t in out)
+    assert contrastive(x, y).is_meta and contrastive(x, binner(y)).is_meta
+    assert soft(torch.randn(6, 4, device="meta"), binner(y)).is_meta
+    # to_empty: the constructor's tables and settings, not uninitialised memory
+    soft.to_empty(device="cpu")
+    reference = DescendingSoftLabelLoss(4, group_counts=counts, tau=1.0)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(soft.state_dict()[key], value), key
+    assert soft.tau == 1.0 and "tau=1.0" in repr(soft)
+    criterion.to_empty(device="cpu")
+    fitted = GroupBinner(4, edges=[0.0, 0.25, 0.5, 0.75, 1.0])
+    assert torch.equal(criterion.expert_table, GroupDIRLoss(fitted).expert_table)  # not saved
+    head.to_empty(device="cpu")
+    head.reset_parameters()
+    x, y = torch.randn(6, 8), torch.rand(6)
+    torch.testing.assert_close(
+        criterion(head(x, binner(y)), x, y).loss,
+        GroupDIRLoss(fitted)(head(x, fitted(y)), x, y).loss, rtol=0, atol=0,
+    )
+
+
+def test_meta_soft_label_loss_with_meta_counts_has_no_adjustment_until_loaded():
+    from dirloss import DescendingSoftLabelLoss
+
+    with torch.device("meta"):
+        soft = DescendingSoftLabelLoss(3, group_counts=torch.tensor([4, 2, 1]), tau=0.5)
+    soft.to_empty(device="cpu")
+    assert torch.isnan(soft.logit_adjustment).all()  # unknowable: loud, not random
+    trained = DescendingSoftLabelLoss(3, group_counts=torch.tensor([4, 2, 1]), tau=0.5)
+    soft.load_state_dict(trained.state_dict())
+    assert torch.equal(soft.logit_adjustment, trained.logit_adjustment)
