@@ -12,7 +12,7 @@ import argparse
 import math
 import time
 from collections.abc import Iterator
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +86,25 @@ class _Backbone(nn.Sequential):
         )
 
 
+def _groups_with_data(y: Tensor, num_groups: int) -> dict[str, Any]:
+    """GroupBinner arguments: ``num_groups`` equal-width groups on the scaled label range
+    [0, 1], each group that holds no training label merged into its lower neighbour (the
+    first into the second). The long tail leaves no training label near 100, and an empty
+    group's expert never trains (``GroupBinner.fit`` warns): merging keeps the groups where
+    the data is and covers the whole range, so rare test labels still get the tail group."""
+    edges = torch.linspace(0.0, 1.0, num_groups + 1, dtype=torch.float64)
+    labels = y.to(torch.float64)
+    while edges.numel() > 3:
+        counts = torch.bincount(torch.bucketize(labels, edges[1:-1], right=True),
+                                minlength=edges.numel() - 1)
+        empty = (counts == 0).nonzero()
+        if empty.numel() == 0:
+            break
+        k = int(empty[0, 0])
+        edges = torch.cat([edges[: max(k, 1)], edges[max(k, 1) + 1:]])  # drop one inner edge
+    return {"num_groups": edges.numel() - 1, "edges": edges}
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     order = torch.randperm(n, generator=generator)
     return iter(order.split(batch_size))
@@ -129,11 +148,13 @@ def _train(
 def _predict(model: nn.ModuleDict, x: Tensor) -> Tensor:
     head, features = model["head"], model["backbone"](x)
     if isinstance(head, MultiExpertHead):
-        return head(features).prediction[:, 0]
-    return head(features)[:, 0]
+        prediction: Tensor = head(features).prediction
+    else:
+        prediction = head(features)
+    return prediction[:, 0]
 
 
-def _format_table(results: dict[str, dict]) -> str:
+def _format_table(results: dict[str, dict[str, Any]]) -> str:
     w = max(len("method"), *(len(name) for name in results))
     lines = [
         f"| {'method':<{w}} | all MAE | many MAE | medium MAE | few MAE |  bMAE | all GM |",
@@ -148,7 +169,7 @@ def _format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         prog="python -m dirloss.demo", description=__doc__.split("\n\n")[0]
     )
@@ -157,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                         "(default 8000)")
     parser.add_argument("--test-size", type=int, default=4000,
                         help="balanced test samples (default 4000)")
-    parser.add_argument("--groups", type=int, default=10, help="number of groups G (default 10)")
+    parser.add_argument("--groups", type=int, default=10,
+                        help="equal-width groups on [0, 100] (default 10); a group without "
+                        "training labels is merged into its neighbour")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
     parser.add_argument("--width", type=int, default=64, help="backbone width (default 64)")
@@ -179,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     # Train on targets scaled to [0, 1], as a user with normalised targets would; report in
     # label units.
     scale = LABEL_RANGE[1]
-    binner = GroupBinner(args.groups, low=0.0, high=1.0).fit(y / scale)
+    binner = GroupBinner(**_groups_with_data(y / scale, args.groups)).fit(y / scale)
+    edges = ", ".join(f"{e * scale:g}" for e in binner.edges.tolist())
+    print(f"group edges: [{edges}]")
     print(f"training labels per group: {binner.counts.tolist()}")
     results = {}
     names = {"mse": "MSE", "paper": "Group-DIR (paper)", "dirloss": "dirloss defaults"}
