@@ -443,6 +443,8 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    if not (root / ".ci" / "run").is_file():  # e.g. the sdist
+        pytest.skip("needs the repository's .ci/run (not shipped in the sdist)")
     readme = (root / "README.md").read_text()
     commands = [line for line in readme.splitlines() if line.startswith("pip install torch==")]
     test_command = next(c for c in commands if "pytest" in c)
@@ -497,6 +499,10 @@ def test_every_example_and_cli_help_works_without_optional_packages():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    missing = [d for d in ("examples", "benchmarks") if not (root / d).is_dir()]
+    if missing:  # e.g. the sdist
+        needed = " and ".join(f"{d}/" for d in missing)
+        pytest.skip(f"needs the repository's {needed} (not shipped in the sdist)")
     targets = sorted(f"examples/{p.name}" for p in (root / "examples").glob("*.py"))
     targets += ["dirloss.demo", "benchmarks.dir_bench", "benchmarks/bench_ops.py",
                 "benchmarks.recipe_search", "benchmarks/plot_ops.py"]
