@@ -21,7 +21,7 @@ import itertools
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import dir_bench as db  # noqa: E402
-from benchmarks.methods import Regressor, mlp, optimise  # noqa: E402
+from benchmarks.datasets import DataSpec, check_data_present, expand_datasets, prepare  # noqa: E402
+from benchmarks.evaluation import evaluate  # noqa: E402
+from benchmarks.methods import Regressor, mlp  # noqa: E402
+from benchmarks.training import optimise  # noqa: E402
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead  # noqa: E402
 
 BASE = {
@@ -73,21 +76,24 @@ RECIPES: dict[str, dict[str, Any]] = {
     "mix_s0_grc0": {"lambda_mix": 1.0, "expert_share": 0.0, "lambda_grc": 0.0},
     "mix_s0_noresid": {"lambda_mix": 1.0, "expert_share": 0.0, "residual": False},
     "mix_s0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "num_groups": 20},
-    "mix_s0_grc0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "lambda_grc": 0.0, "num_groups": 20},
-    "mix_s0_noresid_grc0": {"lambda_mix": 1.0, "expert_share": 0.0, "residual": False, "lambda_grc": 0.0},
+    "mix_s0_grc0_g20": {"lambda_mix": 1.0, "expert_share": 0.0, "lambda_grc": 0.0,
+                        "num_groups": 20},
+    "mix_s0_noresid_grc0": {"lambda_mix": 1.0, "expert_share": 0.0, "residual": False,
+                            "lambda_grc": 0.0},
     "bal0.5": {"lambda_mix": 1.0, "balance": 0.5},
     "bal0.25": {"lambda_mix": 1.0, "balance": 0.25},
 }
 INFERENCE = [("argmax", 0.0), ("soft", 0.0), ("soft", 0.5), ("soft", 1.0), ("argmax", 0.5)]
 
 
-def run_one(job: tuple[str, str, str, str, int, dict[str, Any]]) -> dict[str, Any]:
-    name, spec, kind, recipe, seed, opts = job
+def run_one(job: tuple[DataSpec, str, int, dict[str, Any]]) -> dict[str, Any]:
+    spec, recipe, seed, opts = job
+    key = (spec.name, spec.spec, spec.kind, recipe, seed)  # the "job" of the saved runs
     torch.set_num_threads(1)
-    data = db.prepare(name, spec, kind, data_dir=opts["data_dir"], cache_dir=None)
+    data = prepare(spec, data_dir=opts["data_dir"], cache_dir=None)
     args = argparse.Namespace(epochs=None, stsb_epochs=db.STSB_EPOCHS, steps=db.TABULAR_STEPS,
                               batch_size=256, lr=1e-3, dropout=0.0)
-    config = db.train_config(kind, data.info["n_train"], args)
+    config = db.train_config(spec.kind, data.sizes.n_train, args)
     p = {**BASE, **RECIPES[recipe]}
     x, y = data.x["train"], data.y["train"]
     torch.manual_seed(seed)
@@ -100,13 +106,14 @@ def run_one(job: tuple[str, str, str, str, int, dict[str, Any]]) -> dict[str, An
         try:
             binner = GroupBinner(p["num_groups"], strategy=p["strategy"]).fit(y)
         except ValueError as err:
-            return {"job": job[:5], "error": str(err)}
+            return {"job": key, "error": str(err)}
         head = MultiExpertHead.from_linear(linear, p["num_groups"], residual=p["residual"])
         criterion = GroupDIRLoss(
             binner, lambda_grc=p["lambda_grc"], lambda_mse=p["lambda_mse"],
             lambda_soft=p["lambda_soft"], lambda_mix=p["lambda_mix"],
             expert_share=p["expert_share"], temperature=p["temperature"],
         )
+
     def loss_fn(model: Regressor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         f = model.backbone(xb)
         if p.get("vanilla"):
@@ -117,18 +124,18 @@ def run_one(job: tuple[str, str, str, str, int, dict[str, Any]]) -> dict[str, An
         return criterion(model.head(f, g), f, yb, g).loss
 
     optimise(Regressor(backbone, head), loss_fn, [], x, y, config, seed=seed)
-    out: dict[str, Any] = {"job": job[:5], "seconds": time.perf_counter() - start, "val": {}}
+    out: dict[str, Any] = {"job": key, "seconds": time.perf_counter() - start, "val": {}}
     with torch.no_grad():
         f = backbone(data.x["val"])
-        if p.get("vanilla"):
+        if not isinstance(head, MultiExpertHead):  # the vanilla recipe
             pred = head(f)[:, 0].double().numpy()
-            out["val"]["-"] = db._flat(db.evaluate(data, pred, "val"))
+            out["val"]["-"] = evaluate(data, pred, "val").scores
         else:
             for mode, tau in INFERENCE:
                 head.inference = mode
                 head.set_logit_adjustment(tau, binner.counts)
                 pred = head(f).prediction[:, 0].double().numpy()
-                out["val"][f"{mode}/{tau:g}"] = db._flat(db.evaluate(data, pred, "val"))
+                out["val"][f"{mode}/{tau:g}"] = evaluate(data, pred, "val").scores
             head.set_logit_adjustment(0.0)
             g_true = binner(data.y["val"])
             out["group_acc"] = float((head(f).logits.argmax(1) == g_true).float().mean())
@@ -145,12 +152,16 @@ def _balanced_loss(criterion: Any, binner: Any, out: Any, f: torch.Tensor, y: to
     w_group = w_group / ((counts * w_group).sum() / counts.sum())
     w = w_group[g].float()
     unit = binner.label_std.float() ** 2
-    table = DF.expert_share_table(binner.num_groups, p["expert_share"])[g] if p["expert_share"] else F.one_hot(g, binner.num_groups).float()
+    if p["expert_share"]:
+        table = DF.expert_share_table(binner.num_groups, p["expert_share"])[g]
+    else:
+        table = F.one_hot(g, binner.num_groups).float()
     sq = (out.experts[:, :, 0] - y[:, None]).square()
     mse = (w[:, None] * table * sq).sum() / (len(y) * unit)
     mix = (out.logits.softmax(1) * out.experts[:, :, 0]).sum(1)
     mixl = (w * (mix - y).square()).sum() / (len(y) * unit)
-    rest = criterion.lambda_grc * criterion.contrastive(f, g) + criterion.lambda_soft * criterion.soft_label(out.logits, g)
+    rest = (criterion.lambda_grc * criterion.contrastive(f, g)
+            + criterion.lambda_soft * criterion.soft_label(out.logits, g))
     return rest + p["lambda_mse"] * mse + p["lambda_mix"] * mixl
 
 
@@ -174,22 +185,25 @@ def main(argv: Any = None) -> None:
         print(evidence_table(runs))
         return
     from benchmarks import data as bd
-    plans = db._expand(args.datasets, bd.default_data_dir(args.data_dir))
-    db.check_data_present(plans, args.data_dir)
+    plans = expand_datasets(args.datasets, bd.default_data_dir(args.data_dir))
+    check_data_present(plans, args.data_dir)
     opts = {"data_dir": args.data_dir}
-    jobs = [(n, s, k, r, seed, opts) for (n, s, k), r, seed in itertools.product(plans, args.recipes, args.seeds)]
+    jobs = [(spec, recipe, seed, opts)
+            for spec, recipe, seed in itertools.product(plans, args.recipes, args.seeds)]
     results: list[dict[str, Any]] = []
     with get_context("spawn").Pool(args.workers) as pool:
         for i, res in enumerate(pool.imap_unordered(run_one, jobs)):
             results.append(res)
-            print(f"[{i + 1}/{len(jobs)}] {res['job'][0]} {res['job'][3]} seed {res['job'][4]}", file=sys.stderr)
+            name, _, _, recipe, seed = res["job"]
+            print(f"[{i + 1}/{len(jobs)}] {name} {recipe} seed {seed}", file=sys.stderr)
     Path(args.out).write_text(json.dumps(results, indent=1))
     report(results)
 
 
 INF4 = ("soft/0", "soft/0.5", "argmax/0", "argmax/0.5")
 EVIDENCE_ROWS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("defaults (residual, share 1, mixture 1, grc 0.1, mse 10, G 10 uniform)", [("mix", i) for i in INF4]),
+    ("defaults (residual, share 1, mixture 1, grc 0.1, mse 10, G 10 uniform)",
+     [("mix", i) for i in INF4]),
     ("  without the mixture term (lambda_mix 0)", [("default", i) for i in INF4]),
     ("  mixture term dominant (lambda_mse 1, lambda_mix 10)", [("mixdom", i) for i in INF4]),
     ("  mixture term only (lambda_mse 0, lambda_mix 10)", [("mixonly", i) for i in INF4]),
@@ -208,16 +222,20 @@ EVIDENCE_ROWS: list[tuple[str, list[tuple[str, str]]]] = [
     ("paper's objective (lambda_mse 10 on standardised targets)", [("paper", i) for i in INF4]),
     ("benchmark grid: share {1, 0} x {soft, argmax tau 0.5}, mixture 1",
      [(r, i) for r in ("mix", "mix_s0") for i in ("soft/0", "argmax/0.5")]),
-    ("same grid without the mixture term", [(r, i) for r in ("default", "share0") for i in ("soft/0", "argmax/0.5")]),
-    ("group-balanced regression terms (weight counts ** -0.5), mixture 1", [("bal0.5", i) for i in INF4]),
-    ("group-balanced regression terms (weight counts ** -0.25), mixture 1", [("bal0.25", i) for i in INF4]),
-    ("benchmark grid, sharp alternative on G 20: {share 1, G 10; share 0, G 20} x {soft, argmax tau 0.5}",
+    ("same grid without the mixture term",
+     [(r, i) for r in ("default", "share0") for i in ("soft/0", "argmax/0.5")]),
+    ("group-balanced regression terms (weight counts ** -0.5), mixture 1",
+     [("bal0.5", i) for i in INF4]),
+    ("group-balanced regression terms (weight counts ** -0.25), mixture 1",
+     [("bal0.25", i) for i in INF4]),
+    ("benchmark grid, sharp alternative on G 20: {share 1, G 10; share 0, G 20} x "
+     "{soft, argmax tau 0.5}",
      [(r, i) for r in ("mix", "mix_s0_g20") for i in ("soft/0", "argmax/0.5")]),
 ]
 """The rows of the guide's evidence table: a name and its (recipe, inference) candidates."""
 
 
-def evidence_table(results: list[Mapping[str, Any]], guard: float = 0.02) -> str:
+def evidence_table(results: Sequence[Mapping[str, Any]], guard: float = 0.02) -> str:
     """Per row: on every data set, the library's rule (lowest bMAE among the candidates within
     ``guard`` of the best MAE, on the mean over seeds) against vanilla; counts and means."""
     table: dict[tuple[str, str, str], list[Mapping[str, float]]] = {}
@@ -230,30 +248,35 @@ def evidence_table(results: list[Mapping[str, Any]], guard: float = 0.02) -> str
         return float(np.mean([m[metric] for m in table[key]]))
 
     def rule(ds: str, cands: list[tuple[str, str]]) -> Any:
-        scores = {c: (mean((ds, *c), "bmae"), mean((ds, *c), "all_mae")) for c in cands if (ds, *c) in table}
-        if not scores or (ds, "vanilla", "-") not in table:
+        scores = {c: (mean((ds, *c), "bmae"), mean((ds, *c), "all_mae"))
+                  for c in cands if (ds, *c) in table}
+        vanilla = (ds, "vanilla", "-")
+        if not scores or vanilla not in table:
             return None
         best = min(a for _, a in scores.values())
-        pick = min((c for c, v in scores.items() if v[1] <= (1 + guard) * best), key=lambda c: scores[c][0])
+        pick = min((c for c, v in scores.items() if v[1] <= (1 + guard) * best),
+                   key=lambda c: scores[c][0])
         b, a = scores[pick]
-        return 100 * (b / mean((ds, "vanilla", "-"), "bmae") - 1), 100 * (a / mean((ds, "vanilla", "-"), "all_mae") - 1)
+        return (100 * (b / mean(vanilla, "bmae") - 1), 100 * (a / mean(vanilla, "all_mae") - 1))
 
-    lines = ["| recipe (validation, 2 seeds) | bMAE < vanilla | MAE <= vanilla + 2% | mean bMAE vs vanilla | "
-             "mean MAE vs vanilla | STS-B-DIR bMAE / MAE |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| recipe (validation, 2 seeds) | bMAE < vanilla | MAE <= vanilla + 2% | "
+             "mean bMAE vs vanilla | mean MAE vs vanilla | STS-B-DIR bMAE / MAE |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, cands in EVIDENCE_ROWS:
         got = {ds: o for ds in datasets if (o := rule(ds, cands))}
         if not got:
             continue
         n, st = len(got), got.get("stsb-dir")
+        bmae, mae = [o[0] for o in got.values()], [o[1] for o in got.values()]
         lines.append(
-            f"| {name.strip()} | {sum(o[0] < 0 for o in got.values())}/{n} | {sum(o[1] <= 2 for o in got.values())}/{n} | "
-            f"{np.mean([o[0] for o in got.values()]):+.1f}% | {np.mean([o[1] for o in got.values()]):+.1f}% | "
+            f"| {name.strip()} | {sum(b < 0 for b in bmae)}/{n} | {sum(a <= 2 for a in mae)}/{n} | "
+            f"{np.mean(bmae):+.1f}% | {np.mean(mae):+.1f}% | "
             + (f"{st[0]:+.1f}% / {st[1]:+.1f}% |" if st else "– |")
         )
     return "\n".join(lines)
 
 
-def report(results: list[Mapping[str, Any]]) -> None:
+def report(results: Sequence[Mapping[str, Any]]) -> None:
     table: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for r in results:
         if "error" in r:

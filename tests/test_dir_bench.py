@@ -1,4 +1,5 @@
-"""Tests of the DIR accuracy benchmark (benchmarks/dir_bench.py, benchmarks/methods.py).
+"""Tests of the DIR accuracy benchmark (benchmarks/dir_bench.py and the stage modules it runs:
+datasets, methods, training, selection, evaluation, scheduler, results, targets, reporting).
 
 The end-to-end test runs the CLI on ``synthetic`` and, when the tabular data are present,
 ``concreteStrength`` with tiny settings (a few optimiser steps, one grid setting, two seeds)
@@ -23,15 +24,18 @@ if not (Path(__file__).resolve().parents[1] / "benchmarks").is_dir():  # e.g. th
 
 from benchmarks import data as bd  # noqa: E402
 from benchmarks import dir_bench as db  # noqa: E402
+from benchmarks.datasets import DataSpec, expand_datasets, prepare  # noqa: E402
+from benchmarks.evaluation import evaluate  # noqa: E402
 from benchmarks.methods import (  # noqa: E402
     METHODS,
     InfeasibleSetting,
-    TrainConfig,
     build_model,
     make_loss,
-    predict,
-    train,
 )
+from benchmarks.results import DatasetResult, MethodResult  # noqa: E402
+from benchmarks.selection import Candidate, Chosen, select  # noqa: E402
+from benchmarks.targets import check_targets, dataset_checks  # noqa: E402
+from benchmarks.training import TrainConfig, predict, train  # noqa: E402
 from dirloss import MultiExpertHead  # noqa: E402
 
 TABULAR = bd.default_data_dir() / "tabular"
@@ -72,7 +76,7 @@ def test_every_loss_trains_a_step_and_is_finite():
     y = (y - y.mean()) / y.std()
     for m in METHODS.values():
         model, rec = train(m, m.grid[0], x, y, TrainConfig(hidden=(16, 8), epochs=2, batch_size=32), seed=0)
-        assert rec["finite"], m.name
+        assert rec.finite, m.name
         assert np.isfinite(predict(model, x)).all()
 
 
@@ -107,41 +111,49 @@ def test_infeasible_quantile_setting_raises():
 
 def test_select_lowest_validation_bmae():
     def cand(order, bmae, finite=True, mae=1.0):
-        return {"order": order, "val": {"bmae": bmae, "all_mae": mae}, "finite": finite}
+        val = {"bmae": bmae, "all_mae": mae}
+        return Candidate(order, {}, "argmax", val, [val], finite, None, 0.0, 0.0, order)
 
-    assert db.select([cand(0, 2.0), cand(1, 1.0), cand(2, 1.5)])["order"] == 1
-    assert db.select([cand(0, 1.0), cand(1, 1.0)])["order"] == 0  # ties: grid order
-    assert db.select([cand(0, 2.0), cand(1, 0.5, finite=False), cand(2, math.nan)])["order"] == 0
-    assert db.select([{"order": 0, "val": None, "finite": False}, cand(1, 3.0)])["order"] == 1
+    infeasible = Candidate(0, {}, None, None, None, False, "no such groups", 0.0, math.nan, 0)
+    assert select([cand(0, 2.0), cand(1, 1.0), cand(2, 1.5)]).order == 1
+    assert select([cand(0, 1.0), cand(1, 1.0)]).order == 0  # ties: grid order
+    assert select([cand(0, 2.0), cand(1, 0.5, finite=False), cand(2, math.nan)]).order == 0
+    assert select([infeasible, cand(1, 3.0)]).order == 1
     # the library's rule: only candidates within 1 + mae_guard of the lowest MAE compete
     guarded = [cand(0, 2.0, mae=1.0), cand(1, 1.0, mae=1.2)]
-    assert db.select(guarded)["order"] == 1
-    assert db.select(guarded, mae_guard=0.1)["order"] == 0
-    assert db.select(guarded, mae_guard=0.25)["order"] == 1
+    assert select(guarded).order == 1
+    assert select(guarded, mae_guard=0.1).order == 0
+    assert select(guarded, mae_guard=0.25).order == 1
+    # the result file lists only the fields that apply
+    assert "infeasible" not in cand(0, 1.0).to_json()
+    assert "val_per_seed" not in infeasible.to_json()
+    assert Candidate.from_json(infeasible.to_json()) == infeasible
 
 
 def test_evaluate_reports_label_units():
-    data = db.prepare("synthetic", "synthetic", "synthetic", data_dir=None, cache_dir=None, max_train=500)
+    synthetic = DataSpec("synthetic", "synthetic", "synthetic")
+    data = prepare(synthetic, data_dir=None, cache_dir=None, max_train=500)
     # targets standardised with training statistics
     assert abs(float(data.y["train"].mean())) < 1e-5 and abs(float(data.y["train"].std(unbiased=False)) - 1) < 1e-4
-    exact = db.evaluate(data, data.y["test"].numpy(), "test")
-    assert exact["all"]["mae"] < 1e-4 and exact["bmae"] < 1e-4 and exact["pearson"] > 0.9999
-    zero = db.evaluate(data, np.zeros(len(data.y["test"])), "test")  # predicts the training mean
+    exact = evaluate(data, data.y["test"].numpy(), "test")
+    scores = exact.scores
+    assert scores["all_mae"] < 1e-4 and scores["bmae"] < 1e-4 and scores["pearson"] > 0.9999
+    zero = evaluate(data, np.zeros(len(data.y["test"])), "test")  # predicts the training mean
     expect = np.abs(data.labels["test"] - data.labels["train"].mean()).mean()
-    assert abs(zero["all"]["mae"] - expect) < 1e-3 * max(1.0, expect)
+    assert abs(zero.scores["all_mae"] - expect) < 1e-3 * max(1.0, expect)
     assert data.labels["test"].max() > 50  # label units of the synthetic task are 0..100
-    assert len(exact["per_bin_mae"]) == len(data.shot_kwargs["bin_edges"]) - 1
+    assert len(exact.per_bin_mae) == len(data.shot_kwargs["bin_edges"]) - 1
 
 
 def test_expand_and_train_config(tmp_path):
-    names = [n for n, _, _ in db._expand(["stsb", "all-tabular", "synthetic"], tmp_path)]
+    names = [d.name for d in expand_datasets(["stsb", "all-tabular", "synthetic"], tmp_path)]
     assert names == ["stsb-dir", *bd.TABULAR_SETS, "synthetic"]
-    (name, spec, kind), = db._expand([f"tabular:{tmp_path}/foo"], tmp_path)
-    assert (name, kind) == ("foo", "tabular") and spec.endswith("foo")
+    (foo,) = expand_datasets([f"tabular:{tmp_path}/foo"], tmp_path)
+    assert (foo.name, foo.kind) == ("foo", "tabular") and foo.spec.endswith("foo")
     with pytest.raises(SystemExit):
-        db._expand(["nope"], tmp_path)
+        expand_datasets(["nope"], tmp_path)
     with pytest.raises(SystemExit):
-        db._expand(["abalone", "abalone"], tmp_path)
+        expand_datasets(["abalone", "abalone"], tmp_path)
     args = db.parse_args(["--steps", "100", "--batch-size", "50"])
     assert db.train_config("tabular", 120, args).epochs == 34  # 3 batches per epoch
     assert db.train_config("stsb", 5000, args).hidden == (256, 128)
@@ -149,8 +161,13 @@ def test_expand_and_train_config(tmp_path):
 
 
 def _dataset_result(kind, means):
-    methods = {n: {"test_mean": m, "test_std": {k: 0.01 for k in m}} for n, m in means.items()}
-    return {"kind": kind, "methods": methods, "checks": db.dataset_checks(kind, methods)}
+    def method(mean):
+        std = {k: 0.01 for k in mean}
+        return MethodResult("", [], Chosen(0, {}, None), mean, std, [], [], [], 0.0)
+
+    methods = {n: method(m) for n, m in means.items()}
+    return DatasetResult("", "", kind, "", None, None, None, {}, {}, [], [], methods, 0.0,
+                         dataset_checks(kind, methods))
 
 
 def test_target_checks():
@@ -160,19 +177,20 @@ def test_target_checks():
         "dirloss": {"bmae": 1.005, "all_mae": 1.03},
         "lds": {"bmae": 0.999, "all_mae": 1.1},
     })
-    c = tab["checks"]
-    assert c["bmae_best_or_within_1std"] and c["bmae_best_method"] == "lds"
-    assert not c["bmae_beats_vanilla"] and not c["all_mae_not_2pct_worse_than_vanilla"]
+    c = tab.checks
+    assert c.bmae_best_or_within_1std and c.bmae_best_method == "lds"
+    assert not c.bmae_beats_vanilla and not c.all_mae_not_2pct_worse_than_vanilla
+    assert c.few_mae_vs_vanilla is None and "few_mae_vs_vanilla" not in c.to_json()
     stsb = _dataset_result("stsb", {
         "vanilla": {"few_mae": 1.0, "all_mae": 0.60, "bmae": 1.0},
         "dirloss": {"few_mae": 0.85, "all_mae": 0.56, "bmae": 0.9},
         "rnc": {"few_mae": 0.95, "all_mae": 0.598, "bmae": 0.95},
     })
-    c = stsb["checks"]
-    assert c["all_mae_5pct_below_vanilla"] and c["few_mae_not_above_vanilla"]
-    assert c["bmae_beats_vanilla"] and c["bmae_best_method"] == "dirloss"
-    assert _dataset_result("tabular", {"vanilla": {"bmae": 1.0, "all_mae": 1.0}})["checks"] == {}
-    lines = db.check_targets({"stsb-dir": stsb, "t": tab})
+    c = stsb.checks
+    assert c.all_mae_5pct_below_vanilla and c.few_mae_not_above_vanilla
+    assert c.bmae_beats_vanilla and c.bmae_best_method == "dirloss"
+    assert _dataset_result("tabular", {"vanilla": {"bmae": 1.0, "all_mae": 1.0}}).checks is None
+    lines = check_targets({"stsb-dir": stsb, "t": tab})
     # STS-B line: MET; MAE never 2% worse: MISSED (t); bMAE beats vanilla on 2 of 2: MISSED;
     # best or within 1 std on 2 of 2: MET
     assert sum("MET" in s and "MISSED" not in s for s in lines) == 2
@@ -209,6 +227,20 @@ def test_cli_end_to_end(tmp_path):
         assert r["checks"]  # vanilla and group-dir are both present
     summary = (out / "summary.md").read_text()
     assert "## Targets" in summary and "synthetic" in summary
-    # the report can be rebuilt from the JSON alone
+    # the report can be rebuilt from the JSON alone, and reading it back loses nothing
+    written = {name: (out / f"{name}.json").read_text() for name in expected}
     again = db.main(["--report-only", "--out-dir", str(out), "--img-dir", str(img)])
     assert sorted(again) == sorted(expected)
+    assert {name: (out / f"{name}.json").read_text() for name in expected} == written
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in RESULTS.glob("*.json")
+                                        if p.name != "ops-cpu.json"))
+def test_saved_results_read_back_unchanged(path):
+    """The result records read the committed files and write them back byte for byte."""
+    text = (RESULTS / path).read_text()
+    result = DatasetResult.from_json(json.loads(text))
+    assert json.dumps(result.to_json(), indent=1, allow_nan=True) + "\n" == text

@@ -1,0 +1,220 @@
+"""Stage 6 of the accuracy benchmark: the files a run writes, from the result records.
+
+Per data set ``<out dir>/<dataset>.json`` (:class:`~benchmarks.results.DatasetResult`),
+``<dataset>.md`` (:func:`markdown_table`) and ``<img dir>/<dataset>-per-bin.png``
+(:func:`plot_per_bin`); over all data sets ``<out dir>/summary.md`` (:func:`summarise`).
+Everything here reads the records only, so ``--report-only`` rebuilds it from the JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.methods import METHODS
+from benchmarks.results import DatasetResult, MethodResult
+from benchmarks.selection import Chosen
+from benchmarks.targets import DIRLOSS, GROUP_DIR, VANILLA, check_targets, dataset_checks
+
+__all__ = [
+    "load_results",
+    "markdown_table",
+    "merge_result",
+    "plot_per_bin",
+    "summarise",
+    "write_dataset",
+]
+
+MAE_COLUMNS = ("all_mae", "many_mae", "medium_mae", "few_mae", "bmae", "all_gm")
+MSE_COLUMNS = ("all_mse", "many_mse", "medium_mse", "few_mse")
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _cells(m: MethodResult, keys: Sequence[str], digits: int) -> str:
+    return " | ".join(_fmt(m.test_mean[k], m.test_std[k], digits) for k in keys)
+
+
+def _digits(result: DatasetResult) -> int:
+    """Decimals for a data set's table: about three significant digits of its MAE."""
+    scale = abs(next(iter(result.methods.values())).test_mean["all_mae"])
+    return 4 if scale < 0.1 else 3 if scale < 10 else 2
+
+
+def _setting_str(chosen: Chosen, grouped: bool) -> str:
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in chosen.params.items()]
+    if grouped:
+        parts.append(str(chosen.inference))
+    return ", ".join(parts)
+
+
+def markdown_table(result: DatasetResult) -> str:
+    """The per-data-set markdown report: MAE and MSE tables (mean ± std over seeds)."""
+    d = _digits(result)
+    stsb = result.kind == "stsb"
+    counts = result.region_counts["test"]
+    lines = [
+        f"### {result.dataset}",
+        "",
+        f"Test split: many / medium / few = {counts['many']} / {counts['medium']} / "
+        f"{counts['few']} samples; {result.protocol.seeds} seeds (mean ± std); selection on "
+        f"validation bMAE; wall time {result.wall_seconds:.0f} s.",
+        "",
+        "| method | chosen setting | MAE all | MAE many | MAE med. | MAE few | bMAE | GM all |"
+        + (" Pearson |" if stsb else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if stsb else ""),
+    ]
+    for name, m in result.methods.items():
+        grouped = METHODS[name].grouped if name in METHODS else False
+        row = f"| {name} | {_setting_str(m.chosen, grouped)} | {_cells(m, MAE_COLUMNS, d)} |"
+        if stsb:
+            row += f" {_fmt(m.test_mean['pearson'], m.test_std['pearson'], 3)} |"
+        lines.append(row)
+    lines += ["", "| method | MSE all | MSE many | MSE med. | MSE few |",
+              "|---|---:|---:|---:|---:|"]
+    for name, m in result.methods.items():
+        lines.append(f"| {name} | {_cells(m, MSE_COLUMNS, d)} |")
+    return "\n".join(lines) + "\n"
+
+
+def summarise(results: Mapping[str, DatasetResult], *, wall: float | None = None,
+              command: str = "") -> str:
+    """All data sets: one bMAE line per table, the targets, the command and the machine."""
+    lines = ["# DIR benchmark summary", ""]
+    if command:
+        lines += ["Command: `" + command + "`", ""]
+    any_result = next(iter(results.values()), None)
+    if any_result:
+        mi = any_result.machine
+        lines += [f"Machine: {mi.cpu} ({mi.cpus} logical CPUs visible, {mi.workers} worker "
+                  f"processes x 1 thread), torch {mi.torch}.", ""]
+    if wall is not None:
+        lines += [f"Wall time of this invocation: {wall:.0f} s.", ""]
+    names = [n for n in METHODS if any(n in r.methods for r in results.values())]
+    lines += ["Test bMAE (label units, mean ± std over seeds); **bold** = best mean.", ""]
+    lines += ["| data set | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for ds, r in results.items():
+        d = _digits(r)
+        best = min((n for n in names if n in r.methods),
+                   key=lambda n: r.methods[n].test_mean["bmae"])
+        cells = []
+        for n in names:
+            m = r.methods.get(n)
+            s = "" if m is None else _fmt(m.test_mean["bmae"], m.test_std["bmae"], d)
+            cells.append(f"**{s}**" if n == best else s)
+        lines.append(f"| {ds} | " + " | ".join(cells) + " |")
+    lines += ["", "## Targets", ""] + (check_targets(results) or ["- (needs vanilla and dirloss)"])
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_bin(result: DatasetResult, path: Path,
+                 methods: Sequence[str] = (VANILLA, GROUP_DIR, DIRLOSS)) -> Path | None:
+    """Per-bin test MAE (mean ± std over seeds) against the label, over the training
+    histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [m for m in methods if m in result.methods]
+    if not present:
+        return None
+    edges = np.asarray(result.shot["bin_edges"], dtype=np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = np.diff(edges)
+    counts = np.asarray(result.train_counts, dtype=np.float64)
+    fig, ax_hist = plt.subplots(figsize=(8, 3.8), dpi=120)
+    shades = {"many": "0.70", "medium": "0.83", "few": "#f4c99b"}
+    for region, shade in shades.items():
+        sel = np.array([r == region for r in result.bin_regions])
+        if sel.any():
+            ax_hist.bar(centres[sel], counts[sel], width=width[sel] * 0.95, color=shade,
+                        label=f"train labels ({region}-shot bins)")
+    ax_hist.set_ylabel("training labels per bin")
+    ax_hist.set_xlabel("label")
+    ax = ax_hist.twinx()
+    colours = {VANILLA: "tab:blue", GROUP_DIR: "tab:red", DIRLOSS: "tab:green"}
+    for name in present:
+        mean = np.asarray(result.methods[name].per_bin_mae_mean, dtype=np.float64)
+        std = np.nan_to_num(np.asarray(result.methods[name].per_bin_mae_std, dtype=np.float64))
+        ok = np.isfinite(mean)
+        c = colours.get(name)
+        ax.plot(centres[ok], mean[ok], marker="o", ms=3, lw=1.5, color=c,
+                label=f"{name} test MAE")
+        ax.fill_between(centres[ok], (mean - std)[ok], (mean + std)[ok], color=c, alpha=0.2,
+                        lw=0)
+    ax.set_ylabel("test MAE per bin")
+    ax.set_ylim(bottom=0)
+    ax_hist.set_title(f"{result.dataset}: per-bin test MAE ({result.protocol.seeds} seeds) over "
+                      "the training label histogram", fontsize=9)
+    handles = ax_hist.get_legend_handles_labels()[0] + ax.get_legend_handles_labels()[0]
+    ax.legend(handles, [str(h.get_label()) for h in handles], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.13, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+MERGE_KEYS = ("seeds", "select_seeds", "config", "max_grid", "max_train", "quick")
+"""The protocol fields two results must share to be merged."""
+
+
+def merge_result(path: Path, fresh: DatasetResult) -> DatasetResult:
+    """``fresh`` with the methods of the earlier result at ``path`` that this run did not
+    re-run (``--merge``: re-run some methods of a finished data set, keep the others).
+    Only results of the same protocol are merged; the commands are both recorded."""
+    if not path.is_file():
+        return fresh
+    old = DatasetResult.from_json(json.loads(path.read_text()))
+    if any(getattr(old.protocol, k) != getattr(fresh.protocol, k) for k in MERGE_KEYS):
+        raise SystemExit(
+            f"--merge: {path} was made with another protocol; re-run all methods instead"
+        )
+    methods = {**old.methods, **fresh.methods}
+    merged = {m: methods[m] for m in [*METHODS, *methods] if m in methods}
+    return dataclasses.replace(
+        fresh,
+        methods=merged,
+        command=f"{old.command}; then {fresh.command}",
+        wall_seconds=old.wall_seconds + fresh.wall_seconds,
+        checks=dataset_checks(fresh.kind, merged),
+    )
+
+
+def write_dataset(result: DatasetResult, out_dir: Path, img_dir: Path, *, plots: bool) -> None:
+    """``<dataset>.json`` and ``<dataset>.md`` in ``out_dir``, the plot in ``img_dir``."""
+    text = json.dumps(result.to_json(), indent=1, allow_nan=True)
+    (out_dir / f"{result.dataset}.json").write_text(text + "\n")
+    (out_dir / f"{result.dataset}.md").write_text(markdown_table(result))
+    if plots:
+        plot_per_bin(result, img_dir / f"{result.dataset}-per-bin.png")
+
+
+KIND_ORDER = {"stsb": 0, "tabular": 1, "synthetic": 2}
+
+
+def load_results(out_dir: Path, fresh: Mapping[str, DatasetResult]) -> dict[str, DatasetResult]:
+    """This run's results plus any other data sets already in ``out_dir`` (for the summary),
+    STS-B first, then the tables, then the synthetic task."""
+    out: dict[str, DatasetResult] = {}
+    for p in sorted(out_dir.glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(r, dict) and "methods" in r and "kind" in r:
+            out[r["dataset"]] = DatasetResult.from_json(r)
+    out.update(fresh)
+    return dict(sorted(out.items(), key=lambda kv: (KIND_ORDER.get(kv[1].kind, 3), kv[0])))
