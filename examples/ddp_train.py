@@ -28,6 +28,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# Imported before init_process_group on purpose: torch.distributed.nn binds the default
+# process group into default arguments when first imported (DDP imports it lazily), and
+# imported after init_process_group those keep the group alive past destroy_process_group,
+# and gloo's threads with it (see main).
+import torch.distributed.nn  # noqa: F401
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
@@ -114,64 +120,78 @@ def main() -> None:
         args.epochs, args.train_size, args.batch_size = 1, 512, 64
 
     rank, world_size, device = setup(args.timeout)
-    distributed = dist.is_initialized()
     try:
-        x_train, y_train = make_data(args.train_size, balanced=False, seed=1)
-        x_test, y_test = make_data(max(args.train_size // 4, 256), balanced=True, seed=2)
-
-        # Fit on rank 0 only (with streamed or sharded labels the ranks could not even agree
-        # on a quantile fit), copy to the others, and check before training starts.
-        binner = GroupBinner(args.groups).to(device)
-        if rank == 0:
-            binner.fit(y_train)
-        broadcast_binner(binner)
-        check_binner_consistent(binner)
-
-        torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts)
-        model = Regressor(hidden=64, num_groups=args.groups).to(device)
-        ddp_model: nn.Module = model
-        if distributed:
-            ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None)
-        criterion = GroupDIRLoss(binner, gather_distributed=True, validate=True).to(device)
-        optimizer = torch.optim.Adam(ddp_model.parameters(), lr=args.lr)
-
-        sampler = DistributedSampler(
-            TensorDataset(x_train, y_train), num_replicas=world_size, rank=rank, seed=0
-        )
-        loader = DataLoader(TensorDataset(x_train, y_train), args.batch_size, sampler=sampler)
-        if rank == 0:
-            print(f"world size {world_size} on {device}; {len(loader)} steps per epoch per rank")
-
-        for epoch in range(args.epochs):
-            sampler.set_epoch(epoch)
-            totals = torch.zeros(2, device=device)  # sum of loss * n, n
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                features, output = ddp_model(x)
-                parts = criterion(output, features, y)
-                optimizer.zero_grad(set_to_none=True)
-                parts.loss.backward()
-                optimizer.step()
-                totals[0] += parts.loss.detach() * len(y)
-                totals[1] += len(y)
-            if distributed:
-                dist.all_reduce(totals)
-            if rank == 0 and (epoch % 5 == 4 or epoch == args.epochs - 1):
-                print(f"epoch {epoch + 1:3d}  train loss {float(totals[0] / totals[1]):.4f}")
-
-        if rank == 0:
-            model.eval()
-            with torch.no_grad():
-                pred = model(x_test.to(device))[1].prediction[:, 0]
-            metrics = shot_metrics(pred, y_test, y_train, bin_width=0.5)
-            print_table(metrics)
-        if distributed:
-            # Leave together: a rank that tears its process group down while rank 0 still
-            # evaluates can make rank 0's gloo threads abort at exit.
-            dist.barrier()
+        train_and_evaluate(args, rank, world_size, device)
     finally:
-        if distributed:
+        if dist.is_initialized():
+            # gloo's worker threads stop when the last reference to the process group goes.
+            # The DDP model holds one; it is gone with train_and_evaluate's frame, so this
+            # drops the last and joins the threads now. Left running into interpreter
+            # shutdown, a thread still releasing a finished collective's tensors aborts the
+            # process ("terminate called without an active exception"), about one run in 20
+            # on a busy 2-core machine.
             dist.destroy_process_group()
+
+
+def train_and_evaluate(
+    args: argparse.Namespace, rank: int, world_size: int, device: torch.device
+) -> None:
+    """Fit the binner, train with DDP, print rank 0's test metrics. Every object that holds
+    the process group lives in here, so none is left when :func:`main` tears it down."""
+    distributed = dist.is_initialized()
+    x_train, y_train = make_data(args.train_size, balanced=False, seed=1)
+    x_test, y_test = make_data(max(args.train_size // 4, 256), balanced=True, seed=2)
+
+    # Fit on rank 0 only (with streamed or sharded labels the ranks could not even agree
+    # on a quantile fit), copy to the others, and check before training starts.
+    binner = GroupBinner(args.groups).to(device)
+    if rank == 0:
+        binner.fit(y_train)
+    broadcast_binner(binner)
+    check_binner_consistent(binner)
+
+    torch.manual_seed(0)  # the same initial weights everywhere (DDP also broadcasts)
+    model = Regressor(hidden=64, num_groups=args.groups).to(device)
+    ddp_model: nn.Module = model
+    if distributed:
+        ddp_model = DDP(model, device_ids=[device] if device.type == "cuda" else None)
+    criterion = GroupDIRLoss(binner, gather_distributed=True, validate=True).to(device)
+    optimizer = torch.optim.Adam(ddp_model.parameters(), lr=args.lr)
+
+    sampler = DistributedSampler(
+        TensorDataset(x_train, y_train), num_replicas=world_size, rank=rank, seed=0
+    )
+    loader = DataLoader(TensorDataset(x_train, y_train), args.batch_size, sampler=sampler)
+    if rank == 0:
+        print(f"world size {world_size} on {device}; {len(loader)} steps per epoch per rank")
+
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        totals = torch.zeros(2, device=device)  # sum of loss * n, n
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            features, output = ddp_model(x)
+            parts = criterion(output, features, y)
+            optimizer.zero_grad(set_to_none=True)
+            parts.loss.backward()
+            optimizer.step()
+            totals[0] += parts.loss.detach() * len(y)
+            totals[1] += len(y)
+        if distributed:
+            dist.all_reduce(totals)
+        if rank == 0 and (epoch % 5 == 4 or epoch == args.epochs - 1):
+            print(f"epoch {epoch + 1:3d}  train loss {float(totals[0] / totals[1]):.4f}")
+
+    if rank == 0:
+        model.eval()
+        with torch.no_grad():
+            pred = model(x_test.to(device))[1].prediction[:, 0]
+        metrics = shot_metrics(pred, y_test, y_train, bin_width=0.5)
+        print_table(metrics)
+    if distributed:
+        # Leave together: a rank that tears its process group down while rank 0 still
+        # evaluates can make rank 0's gloo threads abort at exit.
+        dist.barrier()
 
 
 if __name__ == "__main__":
