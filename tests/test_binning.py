@@ -462,7 +462,10 @@ def test_binning_is_monotone_and_in_range(train, test, num_groups, strategy):
 # ---------------------------------------------------------------------------------------------
 # torch.compile
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "backend",
+    ["aot_eager", pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.inductor])],
+)
 def test_compile_fullgraph_matches_eager(backend, device):
     torch._dynamo.reset()
     binner = GroupBinner(6).fit(torch.randn(50)).to(device)

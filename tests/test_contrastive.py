@@ -774,6 +774,7 @@ def test_compile_fullgraph_matches_eager(num_groups):
 
 
 @pytest.mark.slow
+@pytest.mark.inductor
 @pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
 def test_compile_fullgraph_inductor_matches_eager(num_groups):
     _compile_case(num_groups, "inductor")
@@ -966,7 +967,10 @@ def test_module_without_num_groups_equals_num_groups_max_plus_one():
 
 # Under torch.compile the host read would break fullgraph=True: a traced call keeps the
 # continuous kernel (the same loss), so the compiled module matches the eager fused one.
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "backend",
+    ["aot_eager", pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.inductor])],
+)
 def test_compile_fullgraph_integer_labels_without_num_groups(backend):
     _compile_case(None, backend, real_labels=False)
 

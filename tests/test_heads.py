@@ -591,7 +591,7 @@ def test_gradients_reach_only_chosen_expert(residual):
         ("argmax", "aot_eager"),
         ("soft", "aot_eager"),
         ("teacher", "aot_eager"),
-        pytest.param("soft", "inductor", marks=pytest.mark.slow),
+        pytest.param("soft", "inductor", marks=[pytest.mark.slow, pytest.mark.inductor]),
     ],
 )
 @pytest.mark.parametrize("residual", [True, False])

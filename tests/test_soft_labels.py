@@ -363,7 +363,10 @@ def test_autocast_bf16(device):
     assert torch.isfinite(layer.weight.grad).all()
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "backend",
+    ["aot_eager", pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.inductor])],
+)
 def test_compile_fullgraph_matches_eager(backend, device):
     torch._dynamo.reset()
     module = DescendingSoftLabelLoss(
