@@ -15,10 +15,12 @@ from .inference import InferenceChoice, select_inference
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
 from .metrics import balanced_mae
 from .objective import GroupDIRLoss, GroupDIRLossOutput
+from .splits import DIRSplit, dir_split
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DIRSplit",
     "DescendingSoftLabelLoss",
     "GroupBinner",
     "GroupContrastiveLoss",
@@ -28,6 +30,7 @@ __all__ = [
     "InferenceChoice",
     "MultiExpertHead",
     "balanced_mae",
+    "dir_split",
     "functional",
     "select_inference",
 ]
