@@ -28,11 +28,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
+
+try:
+    import lightning as L
+except ModuleNotFoundError as err:  # the example's one optional dependency
+    raise SystemExit(
+        f"{__file__} needs PyTorch Lightning: pip install torch==2.13.0 -e '.[lightning]' "
+        f"(from the repository root); {err}"
+    ) from err
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead, select_inference
 from dirloss.demo import make_long_tailed_regression

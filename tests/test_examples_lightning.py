@@ -53,3 +53,27 @@ def test_lightning_example_smoke():
 @pytest.mark.slow
 def test_lightning_example_smoke_ddp_two_processes():
     _check_table(_run("--devices", "2"), 2)
+
+
+_WITHOUT_LIGHTNING = r'''
+import importlib.abc, runpy, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "lightning":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+sys.argv = [sys.argv[1], "--help"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_without_lightning_the_example_names_the_extra():
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LIGHTNING, str(EXAMPLE)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "needs PyTorch Lightning: pip install torch==2.13.0 -e '.[lightning]'" in done.stderr
