@@ -15,6 +15,7 @@ from .inference import InferenceChoice, select_inference
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
 from .metrics import balanced_mae
 from .objective import GroupDIRLoss, GroupDIRLossOutput
+from .reweighting import LabelDensityWeights
 from .splits import DIRSplit, dir_split
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "GroupDIRLossOutput",
     "HeadOutput",
     "InferenceChoice",
+    "LabelDensityWeights",
     "MultiExpertHead",
     "balanced_mae",
     "dir_split",
