@@ -40,7 +40,9 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from dirloss import GroupBinner, GroupDIRLoss, HeadOutput, MultiExpertHead
 from dirloss.distributed import broadcast_binner, check_binner_consistent
-from dirloss.metrics import REGIONS, shot_metrics
+from dirloss.metrics import shot_metrics
+
+from _shared import print_table  # examples/_shared.py
 
 IN_FEATURES = 16
 
@@ -90,15 +92,6 @@ def setup(timeout_s: float) -> tuple[int, int, torch.device]:
         return 0, 1, device
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def print_table(metrics: dict) -> None:
-    print("Shot metrics on the balanced test set")
-    print(f"{'region':<8} {'count':>6} {'MAE':>8} {'MSE':>8} {'GM':>8}")
-    for region in ("all",) + REGIONS:
-        m = metrics[region]
-        print(f"{region:<8} {m['count']:>6d} {m['mae']:>8.4f} {m['mse']:>8.4f} {m['gm']:>8.4f}")
-    print(f"balanced MAE (bMAE): {metrics['bmae']:.4f}")
 
 
 def main() -> None:
@@ -158,7 +151,7 @@ def train_and_evaluate(
     criterion = GroupDIRLoss(binner, gather_distributed=True, validate=True).to(device)
     optimizer = torch.optim.Adam(ddp_model.parameters(), lr=args.lr)
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[tuple[Tensor, ...]] = DistributedSampler(
         TensorDataset(x_train, y_train), num_replicas=world_size, rank=rank, seed=0
     )
     loader = DataLoader(TensorDataset(x_train, y_train), args.batch_size, sampler=sampler)
@@ -187,7 +180,7 @@ def train_and_evaluate(
         with torch.no_grad():
             pred = model(x_test.to(device))[1].prediction[:, 0]
         metrics = shot_metrics(pred, y_test, y_train, bin_width=0.5)
-        print_table(metrics)
+        print_table("Shot metrics on the balanced test set", metrics)
     if distributed:
         # Leave together: a rank that tears its process group down while rank 0 still
         # evaluates can make rank 0's gloo threads abort at exit.

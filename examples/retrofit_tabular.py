@@ -45,6 +45,7 @@ import copy
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,20 +53,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead
-from dirloss.metrics import REGIONS, shot_metrics
+from dirloss.metrics import shot_metrics
 
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # tqdm is optional: no progress bar without it
-
-    class tqdm:  # type: ignore[no-redef]
-        def __init__(self, *args: object, **kwargs: object) -> None: ...
-        def update(self, n: int = 1) -> None: ...
-        def set_postfix(self, **kwargs: object) -> None: ...
-        def close(self) -> None: ...
+from _shared import DEFAULT_DATA_DIR, print_table, tqdm  # examples/_shared.py
 
 MISSING = 9999.0
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HEADING = "Shot metrics (test split, label units)"
 
 Split = tuple[Tensor, Tensor]
 
@@ -104,7 +97,7 @@ def load_table(folder: Path, name: str) -> tuple[dict[str, Split], float, float]
     return data, y_mean, y_std
 
 
-def shot_kwargs(train_labels: np.ndarray, num_bins: int = 20) -> dict:
+def shot_kwargs(train_labels: np.ndarray, num_bins: int = 20) -> dict[str, Any]:
     """Bins and thresholds for ``shot_metrics``: many > N/B training labels, few < N/(5B).
 
     Integer labels (abalone's rings) get whole-number bin widths with half-integer edges, so
@@ -153,7 +146,7 @@ def train(
     for _ in range(epochs):
         for index in torch.randperm(len(x), generator=order).split(args.batch_size):
             xb, yb = x[index.to(x.device)], y[index.to(x.device)]
-            if criterion is None:
+            if criterion is None or binner is None:
                 loss = F.mse_loss(model(xb)[:, 0], yb)
             else:
                 features = model[:-1](xb)
@@ -173,16 +166,7 @@ def predict(model: nn.Sequential, x: Tensor) -> Tensor:
     return (out.prediction if isinstance(model[-1], MultiExpertHead) else out)[:, 0]
 
 
-def print_table(title: str, m: dict) -> None:
-    print(f"\nShot metrics (test split, label units): {title}")
-    print(f"{'region':<8} {'count':>6} {'MAE':>9} {'MSE':>10} {'GM':>9}")
-    for region in ("all",) + REGIONS:
-        r = m[region]
-        print(f"{region:<8} {r['count']:>6d} {r['mae']:>9.4f} {r['mse']:>10.4f} {r['gm']:>9.4f}")
-    print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
-
-
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
@@ -194,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--batch-size", type=int, default=128, help="rows per step")
     parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP")
     parser.add_argument("--lr", type=float, default=1e-3, help="backbone learning rate")
-    parser.add_argument("--head-lr", type=float, default=3e-2, help="of the retrofitted head (30x --lr)")
+    parser.add_argument("--head-lr", type=float, default=3e-2,
+                        help="of the retrofitted head (30x --lr)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
     parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
@@ -232,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     train_labels = to_labels(y_train)
     kwargs = shot_kwargs(train_labels)
 
-    def evaluate(model: nn.Sequential) -> dict:
+    def evaluate(model: nn.Sequential) -> dict[str, Any]:
         return shot_metrics(to_labels(predict(model, x_test)), to_labels(y_test), train_labels,
                             **kwargs)
 
@@ -240,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     model = mlp(x_train.shape[1], args.width).to(device)
     train(model, data["train"], args.epochs, args, desc="MSE (original)")
     results = {"before": evaluate(model)}
-    print_table("before (plain MSE)", results["before"])
+    print_table(f"{HEADING}: before (plain MSE)", results["before"], width=10)
 
     # Control: the same extra epochs with plain MSE.
     control = copy.deepcopy(model)
@@ -254,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     # -----------------------------------------------------------------------------------
     print(f"training rows per group: {binner.counts.tolist()}")
     results["after"] = evaluate(model)
-    print_table(f"after (Group-DIR, {args.inference} inference)", results["after"])
+    print_table(f"{HEADING}: after (Group-DIR, {args.inference} inference)", results["after"],
+                width=10)
 
     print(f"\n{'few-shot MAE / all MAE':<40} {'few':>8} {'all':>8}")
     for name, label in (("before", "before: MSE"),

