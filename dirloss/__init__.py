@@ -15,6 +15,7 @@ from .inference import InferenceChoice, select_inference
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
 from .metrics import balanced_mae
 from .objective import GroupDIRLoss, GroupDIRLossOutput
+from .ranksim import RankSimLoss
 from .reweighting import LabelDensityWeights
 from .splits import DIRSplit, dir_split
 
@@ -31,6 +32,7 @@ __all__ = [
     "InferenceChoice",
     "LabelDensityWeights",
     "MultiExpertHead",
+    "RankSimLoss",
     "balanced_mae",
     "dir_split",
     "functional",

@@ -100,8 +100,10 @@ class SelectInference(L.Callback):
             raise TypeError(f"expected a GroupDIRRegressor, got {type(pl_module).__name__}")
         pl_module.eval()
         x = self.x_val.to(pl_module.device)
-        features = pl_module.model[:-1](x)
-        choice = select_inference(pl_module.model[-1], features, self.y_val, pl_module.binner)
+        features, head = pl_module.model[:-1](x), pl_module.model[-1]
+        if not isinstance(head, MultiExpertHead):
+            raise TypeError(f"expected a MultiExpertHead last, got {type(head).__name__}")
+        choice = select_inference(head, features, self.y_val, pl_module.binner)
         if trainer.is_global_zero:
             print(f"select_inference on validation: inference={choice.inference}, "
                   f"tau={choice.tau:g}")
