@@ -53,8 +53,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.baselines import BMCLoss, LDSReweighting, LDSWeightedMSELoss, RankSimLoss
-from dirloss import GroupBinner, GroupContrastiveLoss, GroupDIRLoss, MultiExpertHead
+from benchmarks.baselines import BMCLoss
+from dirloss import (
+    GroupBinner,
+    GroupContrastiveLoss,
+    GroupDIRLoss,
+    LabelDensityWeights,
+    MultiExpertHead,
+    RankSimLoss,
+)
 from dirloss.inference import DEFAULT_MAE_GUARD
 
 __all__ = [
@@ -161,11 +168,10 @@ def _vanilla(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
 
 def _lds(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
     kernel_size, sigma = int(params["kernel_size"]), float(params["sigma"])
-    reweighting = LDSReweighting(50, kernel_size=kernel_size, sigma=sigma).fit(y_train)
-    lds_mse = LDSWeightedMSELoss(reweighting)
+    weights = LabelDensityWeights(50, kernel_size=kernel_size, sigma=sigma).fit(y_train)
 
     def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
-        return lds_mse(model(x)[1][:, 0], y)
+        return (weights(y) * (model(x)[1][:, 0] - y) ** 2).mean()
 
     return loss, []
 
@@ -180,13 +186,15 @@ def _bmc(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
 
 
 def _ranksim(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
-    lam = float(params["interpolation_lambda"])
-    ranksim = RankSimLoss(float(params["gamma"]), interpolation_lambda=lam)
+    # reduction="mean" is the official sum over the M kept anchors weighted gamma / M: the
+    # grid's gamma means what it meant before the gradient fix.
+    lam, gamma = float(params["interpolation_lambda"]), float(params["gamma"])
+    ranksim = RankSimLoss(interpolation_lambda=lam, reduction="mean")
     generator = torch.Generator().manual_seed(seed)
 
     def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
         features, out = model(x)
-        return F.mse_loss(out[:, 0], y) + ranksim(features, y, generator=generator)
+        return F.mse_loss(out[:, 0], y) + gamma * ranksim(features, y, generator=generator)
 
     return loss, []
 

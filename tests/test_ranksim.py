@@ -174,3 +174,32 @@ def test_bad_shapes_raise():
         ranksim_loss(torch.randn(3), torch.rand(3))
     with pytest.raises(ValueError, match=r"expected target of shape \(3,\) or \(3, 1\)"):
         ranksim_loss(torch.randn(3, 2), torch.rand(4))
+
+
+def test_hand_case_three_samples():
+    # y = [0, 1, 3]: S^y rows [0, -1, -3], [-1, 0, -2], [-3, -2, 0] -> ranks [3, 2, 1],
+    # [2, 3, 1], [1, 2, 3]. z0 = (1, 0), z1 = (0, 1), z2 = (cos 30, sin 30): S^z rows
+    # [1, 0, .866], [0, 1, .5], [.866, .5, 1] -> ranks [3, 1, 2], [1, 3, 2], [2, 1, 3].
+    # Differences [0, -1, 1], [-1, 0, 1], [1, -1, 0]; ranks / 3, so each row's MSE is
+    # 2 / 9 / 3 = 2 / 27, and the official sum over 3 anchors is 2 / 9.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [math.cos(math.pi / 6), math.sin(math.pi / 6)]],
+                     dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+    assert float(ranksim_loss(z, y)) == pytest.approx(2 / 9, abs=1e-15)
+    assert float(ranksim_loss(z, y, reduction="mean")) == pytest.approx(2 / 27, abs=1e-15)
+    angles = torch.tensor([0.0, 0.3, 0.9], dtype=torch.float64)  # ordered like the labels
+    assert float(ranksim_loss(torch.stack([angles.cos(), angles.sin()], 1), y)) == 0.0
+
+
+def test_descent_orders_features_like_labels():
+    torch.manual_seed(0)
+    feats = torch.randn(10, 4, requires_grad=True)
+    y = torch.arange(10.0)
+    opt = torch.optim.SGD([feats], lr=0.1)
+    criterion = RankSimLoss(interpolation_lambda=2.0, reduction="mean")
+    first = float(criterion(feats, y).detach())
+    for _ in range(100):
+        opt.zero_grad()
+        (100.0 * criterion(feats, y)).backward()  # gamma scales the blackbox perturbation
+        opt.step()
+    assert float(criterion(feats, y).detach()) < 0.2 * first

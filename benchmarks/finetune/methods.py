@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.baselines import LDSReweighting, LDSWeightedMSELoss, RankSimLoss
 from benchmarks.finetune.config import FinetuneConfig
-from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead
+from dirloss import GroupBinner, GroupDIRLoss, LabelDensityWeights, MultiExpertHead, RankSimLoss
 
 __all__ = ["ALL_METHODS", "EXTRA_METHODS", "METHODS", "Objective", "Setup", "TableMethod"]
 
@@ -67,25 +66,29 @@ def _mse(s: Setup) -> Objective:
 
 def _lds(s: Setup) -> Objective:
     low, high = (0.0 - s.mean) / s.std, (5.0 - s.mean) / s.std  # 50 bins of 0.1 score
-    reweighting = LDSReweighting(50, kernel_size=s.config.lds_kernel_size,
-                                 sigma=s.config.lds_sigma, low=low, high=high)
-    criterion = LDSWeightedMSELoss(reweighting.fit(s.y_train))
+    weights = LabelDensityWeights(
+        bin_edges=torch.linspace(low, high, 51, dtype=torch.float64),
+        kernel_size=s.config.lds_kernel_size, sigma=s.config.lds_sigma,
+    ).fit(s.y_train)
     head = s.fc
 
     def loss(features: Tensor, y: Tensor) -> Tensor:
-        return criterion(head(features)[:, 0], y)
+        return (weights(y) * (head(features)[:, 0] - y) ** 2).mean()
 
     return Objective(head, loss)
 
 
 def _ranksim(s: Setup) -> Objective:
-    criterion = RankSimLoss(s.config.ranksim_gamma, interpolation_lambda=s.config.ranksim_lambda)
+    # reduction="mean": the official sum over the M kept anchors with weight gamma / M, so
+    # gamma means what it meant before the gradient fix.
+    criterion = RankSimLoss(interpolation_lambda=s.config.ranksim_lambda, reduction="mean")
+    gamma = s.config.ranksim_gamma
     generator = torch.Generator().manual_seed(s.seed)
     head = s.fc
 
     def loss(features: Tensor, y: Tensor) -> Tensor:
         pred = head(features)[:, 0]
-        return F.mse_loss(pred, y) + criterion(features, y, generator=generator)
+        return F.mse_loss(pred, y) + gamma * criterion(features, y, generator=generator)
 
     return Objective(head, loss)
 
