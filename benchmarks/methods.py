@@ -35,8 +35,8 @@ expert MSE in the targets' units) with ``lambda_mse`` = 10.
 
 A method is a :class:`Method`: a name, a small grid of hyper-parameter settings (at most six),
 its head and the function that builds its loss from one setting (one small function per
-method, no dispatch on names). The losses are the package's (``dirloss``) and the baselines
-of :mod:`benchmarks.baselines`; nothing here re-implements them.
+method, no dispatch on names). Every loss is the package's (``dirloss``): the field's methods
+(LDS, Balanced MSE, RankSim) included; nothing here re-implements them.
 
 Targets are expected in standardised units (training mean 0, std 1), so the MSE starts near 1
 and the lambdas of the grid mean the same on every data set.
@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.baselines import BMCLoss
 from dirloss import (
+    BMCLoss,
     GroupBinner,
     GroupContrastiveLoss,
     GroupDIRLoss,

@@ -9,6 +9,7 @@ Descending Soft Labeling for Deep Imbalanced Regression" (AAAI 2025)::
 """
 
 from . import functional
+from .balanced_mse import BMCLoss, BNILoss, GAILoss
 from .binning import GroupBinner
 from .heads import HeadOutput, MultiExpertHead
 from .inference import InferenceChoice, select_inference
@@ -22,8 +23,11 @@ from .splits import DIRSplit, dir_split
 __version__ = "0.1.0"
 
 __all__ = [
+    "BMCLoss",
+    "BNILoss",
     "DIRSplit",
     "DescendingSoftLabelLoss",
+    "GAILoss",
     "GroupBinner",
     "GroupContrastiveLoss",
     "GroupDIRLoss",
