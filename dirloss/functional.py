@@ -253,12 +253,13 @@ def expert_mse_loss(
     *,
     table: Tensor | None = None,
     target_unit: float | Tensor = 1.0,
+    weight: Tensor | None = None,
     scale: float | Tensor | None = None,
 ) -> Tensor:
     r"""Mean squared error of the experts, each weighted by its share of the sample's group.
 
     .. math::
-        \mathcal{L}_{mse} = \frac{1}{N O s_y^2} \sum_i \sum_g w_{g_i g}
+        \mathcal{L}_{mse} = \frac{1}{N O s_y^2} \sum_i a_i \sum_g w_{g_i g}
             \lVert \hat y_{i g} - y_i \rVert^2
 
     with :math:`w` from :func:`expert_share_table` (the identity when ``table`` is omitted:
@@ -273,6 +274,9 @@ def expert_mse_loss(
         table: optional (G, G) expert weights whose rows sum to one.
         target_unit: positive unit of the targets (a float or a 0-d tensor, e.g.
             ``GroupBinner.label_std``).
+        weight: optional (N,) per-sample weights :math:`a_i` (e.g. from
+            :class:`~dirloss.LabelDensityWeights`); the sum is still divided by :math:`N`,
+            so weights of mean 1 keep the loss's scale. Default: all ones.
         scale: deprecated name of ``target_unit`` (it warns).
 
     Returns:
@@ -295,16 +299,36 @@ def expert_mse_loss(
     work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
     unit = _target_unit(target_unit, scale, "expert_mse_loss", work)
     denominator = max(n * out_features, 1) * unit**2  # the mean, and 0 (not NaN) when empty
+    sample = _sample_weight(weight, n, experts, work)
     if table is None:
         pred = select_expert(experts, groups)
-        return F.mse_loss(pred.to(work), target.to(work), reduction="sum") / denominator
+        if sample is None:
+            return F.mse_loss(pred.to(work), target.to(work), reduction="sum") / denominator
+        squared = (pred.to(work) - target.to(work)).square().sum(dim=1)
+        return torch.dot(sample, squared) / denominator
     if table.shape != (num_groups, num_groups):
         raise ValueError(
             f"expected a ({num_groups}, {num_groups}) expert table, got {tuple(table.shape)}"
         )
-    weight = table.to(work).index_select(0, groups.long())  # (N, G)
+    share = table.to(work).index_select(0, groups.long())  # (N, G)
+    if sample is not None:
+        share = share * sample[:, None]
     squared = (experts.to(work) - target.to(work)[:, None, :]).square().sum(dim=2)
-    return torch.dot(weight.flatten(), squared.flatten()) / denominator
+    return torch.dot(share.flatten(), squared.flatten()) / denominator
+
+
+def _sample_weight(weight: Tensor | None, n: int, like: Tensor, work: torch.dtype) -> Tensor | None:
+    """Check per-sample loss weights: None, or a floating (N,) tensor on ``like``'s device."""
+    if weight is None:
+        return None
+    if weight.shape != (n,) or not weight.dtype.is_floating_point:
+        raise ValueError(
+            f"expected a floating-point weight of shape ({n},) (one per sample), got "
+            f"{weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    if weight.device != like.device:
+        raise ValueError(f"expected weight on {like.device}, got {weight.device}")
+    return weight.to(work)
 
 
 def _target_unit(
@@ -327,12 +351,13 @@ def mixture_mse_loss(
     target: Tensor,
     *,
     target_unit: float | Tensor = 1.0,
+    weight: Tensor | None = None,
     scale: float | Tensor | None = None,
 ) -> Tensor:
     r"""Mean squared error of the soft mixture of experts, in units of ``target_unit``.
 
     .. math::
-        \mathcal{L}_{mix} = \frac{1}{N O s_y^2} \sum_i
+        \mathcal{L}_{mix} = \frac{1}{N O s_y^2} \sum_i a_i
             \Big\lVert \sum_g \operatorname{softmax}(z_i)_g\,\hat y_{i g} - y_i \Big\rVert^2
 
     The gradient reaches the logits too: the classifier learns the routing that lowers the
@@ -343,6 +368,7 @@ def mixture_mse_loss(
         experts: (N, G, O) every expert's prediction.
         target: (N, O) targets.
         target_unit: positive unit of the targets (a float or a 0-d tensor).
+        weight: optional (N,) per-sample weights :math:`a_i`, as in :func:`expert_mse_loss`.
         scale: deprecated name of ``target_unit`` (it warns).
 
     Returns:
@@ -359,7 +385,10 @@ def mixture_mse_loss(
         raise ValueError(f"expected target of shape {tuple(pred.shape)}, got {tuple(target.shape)}")
     unit = _target_unit(target_unit, scale, "mixture_mse_loss", work)
     denominator = max(pred.numel(), 1) * unit**2
-    return F.mse_loss(pred, target.to(work), reduction="sum") / denominator
+    sample = _sample_weight(weight, pred.shape[0], experts, work)
+    if sample is None:
+        return F.mse_loss(pred, target.to(work), reduction="sum") / denominator
+    return torch.dot(sample, (pred - target.to(work)).square().sum(dim=1)) / denominator
 
 
 def combine_experts(

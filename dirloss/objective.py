@@ -206,8 +206,21 @@ class GroupDIRLoss(DeferredInit):
         return cls(binner, **settings)
 
     def forward(
-        self, output: HeadOutput, features: Tensor, target: Tensor, groups: Tensor | None = None
+        self,
+        output: HeadOutput,
+        features: Tensor,
+        target: Tensor,
+        groups: Tensor | None = None,
+        *,
+        weight: Tensor | None = None,
     ) -> GroupDIRLossOutput:
+        """The objective and its terms (see the class docstring).
+
+        ``weight``: optional (N,) per-sample weights (e.g. from
+        :class:`~dirloss.LabelDensityWeights`) of the expert and mixture MSE terms; the
+        contrastive and soft-label terms stay unweighted. Weights of mean 1 over the
+        training set keep the terms' scale (the sums are still divided by N).
+        """
         if not isinstance(output, HeadOutput):
             raise ValueError(
                 "expected output to be the HeadOutput of a MultiExpertHead (head(features, "
@@ -240,15 +253,20 @@ class GroupDIRLoss(DeferredInit):
         if self.soft_label.reduction == "none":  # per-sample soft term: the term-by-term path
             if self.lambda_mse:
                 mse = DF.expert_mse_loss(
-                    experts, target, groups, table=self.expert_table, target_unit=unit
+                    experts, target, groups, table=self.expert_table, target_unit=unit,
+                    weight=weight,
                 )
             if self.lambda_soft:
                 soft = self.soft_label(output.logits, groups, group_counts=self.binner.counts)
             if self.lambda_mix:
-                mix = DF.mixture_mse_loss(output.logits, experts, target, target_unit=unit)
+                mix = DF.mixture_mse_loss(
+                    output.logits, experts, target, target_unit=unit, weight=weight
+                )
         elif self.lambda_mse or self.lambda_soft or self.lambda_mix:
             # one node for the three head terms and their weighted sum
-            head, mse, soft, mix = self._head_terms(output.logits, experts, target, groups, unit)
+            head, mse, soft, mix = self._head_terms(
+                output.logits, experts, target, groups, unit, weight
+            )
             loss = head if not self.lambda_grc else head + self.lambda_grc * grc
             return GroupDIRLossOutput(loss, grc.detach(), mse, soft, mix)
         loss = (
@@ -259,7 +277,7 @@ class GroupDIRLoss(DeferredInit):
 
     def _head_terms(
         self, logits: Tensor, experts: Tensor, target: Tensor, groups: Tensor,
-        unit: float | Tensor,
+        unit: float | Tensor, weight: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``lambda_mse L_mse + lambda_soft L_soft + lambda_mix L_mix`` and the three terms
         (0 where the weight is 0; detached) from one autograd node (:class:`_HeadTerms`): the
@@ -278,12 +296,13 @@ class GroupDIRLoss(DeferredInit):
         soft = self.soft_label
         adjustment = soft._adjustment(self.binner.counts) if self.lambda_soft else None
         weights = (self.lambda_mse, self.lambda_soft, self.lambda_mix)
+        sample = DF._sample_weight(weight, n, experts, work)
         with without_autocast(experts.device.type):
             out = _HeadTerms.apply(  # type: ignore[no-untyped-call]
                 logits.to(work), experts.to(work), target.to(work),
                 groups.long().clamp(0, num_groups - 1), self.expert_table, soft.table,
                 adjustment, mse_norm, 1.0 / max(n, 1) if soft.reduction == "mean" else 1.0,
-                weights,
+                weights, sample,
             )
         return out  # type: ignore[no-any-return]
 
@@ -347,6 +366,9 @@ class _HeadTerms(torch.autograd.Function):
     :math:`\partial L_{mix} / \partial z_{ig} = p_{ig} (r_{ig} - \sum_h p_{ih} r_{ih})` with
     :math:`r_{ig} = 2 c \langle m_i, \delta_{ig} \rangle`, and
     :math:`\partial L_{soft} / \partial z_{ig} = k (\pi_{ig} \sum_h q_{ih} - q_{ig})`.
+    Per-sample weights :math:`a_i` (``sample``) replace :math:`w_{ig}` by
+    :math:`a_i w_{ig}` and :math:`\lVert m_i\rVert^2` by :math:`a_i \lVert m_i\rVert^2`
+    (so :math:`m_i` by :math:`a_i m_i` in the mixture gradients).
     The inputs come in the working dtype, ``groups`` in ``[0, G)``; a term whose weight is
     0 is not computed (its output is 0). Only the weighted sum is differentiable.
     """
@@ -364,6 +386,7 @@ class _HeadTerms(torch.autograd.Function):
         mse_norm: float | Tensor,
         soft_factor: float,
         weights: tuple[float, float, float],
+        sample: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         lambda_mse, lambda_soft, lambda_mix = weights
         diff = experts - target[:, None, :]
@@ -374,6 +397,8 @@ class _HeadTerms(torch.autograd.Function):
                 weight = torch.zeros_like(logits).scatter_(1, groups[:, None], 1.0)
             else:
                 weight = share.to(logits.dtype).index_select(0, groups)
+            if sample is not None:  # a_i w_ig: the backward below needs nothing else
+                weight = weight * sample[:, None]
             mse = torch.dot(weight.view(-1), torch.linalg.vecdot(diff, diff).view(-1)) * mse_norm
             total = mse * lambda_mse
         if lambda_soft:
@@ -390,7 +415,9 @@ class _HeadTerms(torch.autograd.Function):
             else:
                 p = logits.T.softmax(dim=0).T
             m = torch.linalg.vecdot(p[:, :, None], diff, dim=1)  # (N, O)
-            mix = torch.dot(m.view(-1), m.view(-1)) * mse_norm
+            weighted = m if sample is None else m * sample[:, None]
+            mix = torch.dot(weighted.view(-1), m.view(-1)) * mse_norm
+            m = weighted  # dL_mix/dm_i = 2 c a_i m_i: the backward uses a_i m_i
             total = torch.add(total, mix, alpha=lambda_mix)
         ctx.save_for_backward(diff, weight, p, m, rows, log_prob)
         ctx.mse_factor = 2.0 * lambda_mse * mse_norm
@@ -421,4 +448,4 @@ class _HeadTerms(torch.autograd.Function):
         grad_target = None
         if ctx.needs_input_grad[2] and grad_experts is not None:
             grad_target = -grad_experts.sum(dim=1)
-        return (grad_logits, grad_experts, grad_target) + (None,) * 7
+        return (grad_logits, grad_experts, grad_target) + (None,) * 8
