@@ -175,7 +175,7 @@ def check_data_present(specs: Sequence[DataSpec], data_dir: str | None) -> None:
     for spec in specs:
         try:
             if spec.kind == "tabular":
-                bd._split_paths(spec.spec.split(":", 1)[1])
+                bd.split_paths(spec.spec.split(":", 1)[1])
             elif spec.kind == "stsb":
                 for file in bd.STSB_FILES.values():
                     if not (root / "stsb-dir" / file).is_file():

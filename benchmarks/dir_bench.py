@@ -52,10 +52,10 @@ Compute: ``--workers`` processes (default 2), each with ``torch.set_num_threads(
 
 This module is the command line; the stages are the modules it names:
 :mod:`benchmarks.datasets` (which data sets, standardised targets), :mod:`benchmarks.methods`
-(models and losses), :mod:`benchmarks.training` (one run), :mod:`benchmarks.selection`
-(validation only), :mod:`benchmarks.evaluation` (scores), :mod:`benchmarks.scheduler` (which
-run goes when), :mod:`benchmarks.results` and :mod:`benchmarks.targets` (the records) and
-:mod:`benchmarks.reporting` (the files).
+(heads and losses; the backbone in :mod:`benchmarks.models`), :mod:`benchmarks.training` (one
+run), :mod:`benchmarks.selection` (validation only), :mod:`benchmarks.evaluation` (scores),
+:mod:`benchmarks.scheduler` (which run goes when), :mod:`benchmarks.results` and
+:mod:`benchmarks.targets` (the records) and :mod:`benchmarks.reporting` (the files).
 """
 
 from __future__ import annotations

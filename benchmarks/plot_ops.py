@@ -26,7 +26,9 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit('plot_ops needs matplotlib, not installed: pip install -e ".[bench]"') from None
+        raise SystemExit(
+            'plot_ops needs matplotlib, not installed: pip install -e ".[bench]"'
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -41,7 +43,8 @@ def main(src: str, dst: str) -> None:
     fig, axes = plt.subplots(1, len(dims), figsize=(5.5 * len(dims), 4.2), squeeze=False)
     for ax, d in zip(axes[0], dims):
         for impl, label in LABELS.items():
-            pts = sorted((r["n"], r["median_ms"]) for r in rows if r["d"] == d and r["impl"] == impl)
+            pts = sorted((r["n"], r["median_ms"]) for r in rows
+                         if r["d"] == d and r["impl"] == impl)
             if pts:
                 style = "--" if "compile" in impl else ":" if impl == "continuous" else "-"
                 ax.plot(*zip(*pts), style, marker="o", label=label)
@@ -57,7 +60,8 @@ def main(src: str, dst: str) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("src", type=Path, help="bench_ops JSON, e.g. benchmarks/results/ops-cpu.json")
+    parser.add_argument("src", type=Path,
+                        help="bench_ops JSON, e.g. benchmarks/results/ops-cpu.json")
     parser.add_argument("dst", type=Path, help="the PNG to write, e.g. docs/img/ops-time-cpu.png")
     args = parser.parse_args(argv)
     if not args.src.is_file():

@@ -36,7 +36,7 @@ if __package__ in (None, ""):
 from benchmarks import dir_bench as db  # noqa: E402
 from benchmarks.datasets import DataSpec, check_data_present, expand_datasets, prepare  # noqa: E402
 from benchmarks.evaluation import evaluate  # noqa: E402
-from benchmarks.methods import Regressor, mlp  # noqa: E402
+from benchmarks.models import Regressor, mlp  # noqa: E402
 from benchmarks.training import optimise  # noqa: E402
 from dirloss import GroupBinner, GroupDIRLoss, MultiExpertHead  # noqa: E402
 

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from benchmarks import methods
 from benchmarks.datasets import DataSpec, Prepared, prepare
-from benchmarks.methods import METHODS, InfeasibleSetting, Method, Regressor
+from benchmarks.methods import METHODS, InfeasibleSetting, Method
+from benchmarks.models import Regressor
 from dirloss import MultiExpertHead
 
 __all__ = [

@@ -24,9 +24,9 @@ from torch import Tensor, nn  # noqa: E402
 from benchmarks.data import (  # noqa: E402
     ENCODER_NAME,
     STSB_FILES,
-    _read_stsb,
     default_cache_dir,
     default_data_dir,
+    read_stsb,
 )
 from benchmarks.finetune.config import SPLITS, FinetuneConfig, tqdm  # noqa: E402
 
@@ -82,7 +82,7 @@ def read_pairs(data_dir: Path | None, subset: tuple[int, int, int] | None) -> di
             raise FileNotFoundError(
                 f"expected the STS-B-DIR file {path} (set --data-dir or $DIRLOSS_DATA_DIR)"
             )
-        s1, s2, y = _read_stsb(path)
+        s1, s2, y = read_stsb(path)
         if subset is not None:
             rng = np.random.default_rng(k)
             index = np.sort(rng.permutation(len(y))[: subset[k]])

@@ -12,28 +12,36 @@ import numpy as np
 
 from benchmarks.data import stsb_shot_kwargs
 from benchmarks.evaluation import bin_counts, pearson, per_bin_error
-from dirloss.metrics import shot_metrics
+from dirloss.metrics import REGIONS, shot_metrics
 
-__all__ = ["SplitMetrics", "evaluate", "overall_errors", "score_bin_counts"]
+__all__ = ["RegionScores", "SplitMetrics", "evaluate", "overall_errors", "score_bin_counts"]
 
-Region = dict[str, float]
-"""``{"mae", "mse", "gm", "count"}`` of one region, as :func:`shot_metrics` gives it."""
+@dataclasses.dataclass(frozen=True)
+class RegionScores:
+    """The errors of one region (``all``, ``many``, ``medium`` or ``few``), as
+    :func:`shot_metrics` gives them: MAE, MSE, geometric mean of the errors, and how many
+    pairs (0: NaN errors)."""
+
+    mae: float
+    mse: float
+    gm: float
+    count: int
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitMetrics:
     """The ``"val"`` / ``"test"`` entry of a result: per region, bMAE, Pearson, per-bin."""
 
-    all: Region
-    many: Region
-    medium: Region
-    few: Region
+    all: RegionScores
+    many: RegionScores
+    medium: RegionScores
+    few: RegionScores
     bmae: float
     pearson: float
     per_bin_mae: list[float]
     per_bin_mse: list[float]
 
-    def region(self, name: str) -> Region:
+    def region(self, name: str) -> RegionScores:
         return {"all": self.all, "many": self.many, "medium": self.medium, "few": self.few}[name]
 
     def to_json(self) -> dict[str, Any]:
@@ -41,7 +49,8 @@ class SplitMetrics:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> SplitMetrics:
-        return cls(**d)
+        regions = {r: RegionScores(**d[r]) for r in ("all", *REGIONS)}
+        return cls(**{**d, **regions})
 
 
 def evaluate(pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> SplitMetrics:
@@ -49,18 +58,19 @@ def evaluate(pred: np.ndarray, target: np.ndarray, train_target: np.ndarray) -> 
     kwargs = stsb_shot_kwargs()
     m = shot_metrics(pred, target, train_target, **kwargs)
     edges = kwargs["bin_edges"]
-    return SplitMetrics(m["all"], m["many"], m["medium"], m["few"], m["bmae"],
-                        pearson(pred, target), per_bin_error(pred, target, edges),
-                        per_bin_error(pred, target, edges, squared=True))
+    return SplitMetrics(
+        all=RegionScores(**m["all"]), many=RegionScores(**m["many"]),
+        medium=RegionScores(**m["medium"]), few=RegionScores(**m["few"]), bmae=m["bmae"],
+        pearson=pearson(pred, target), per_bin_mae=per_bin_error(pred, target, edges),
+        per_bin_mse=per_bin_error(pred, target, edges, squared=True),
+    )
 
 
-def overall_errors(pred: np.ndarray, target: np.ndarray,
-                   train_target: np.ndarray) -> tuple[float, float]:
-    """Overall ``(MAE, MSE)`` (NaN for non-finite predictions, e.g. a diverged epoch)."""
-    if not np.all(np.isfinite(pred)):
-        return float("nan"), float("nan")
-    m = shot_metrics(pred, target, train_target, **stsb_shot_kwargs())["all"]
-    return float(m["mae"]), float(m["mse"])
+def overall_errors(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Overall ``(MAE, MSE)`` of a learning curve's point; unlike :func:`shot_metrics` it
+    takes non-finite predictions (a diverged epoch gives NaN or inf, it does not raise)."""
+    err = pred - target
+    return float(np.mean(np.abs(err))), float(np.mean(err**2))
 
 
 def score_bin_counts(scores: np.ndarray) -> list[int]:

@@ -8,7 +8,7 @@ nothing is tuned on the test split.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

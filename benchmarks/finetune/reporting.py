@@ -28,7 +28,7 @@ def _value(r: FinetuneResult, key: str, split: str = "test") -> float:
     if key == "pearson":
         return float(metrics.pearson)
     region, metric = key.split("_")
-    return float(metrics.region(region)[metric])
+    return float(getattr(metrics.region(region), metric))
 
 
 def _fmt(values: Sequence[float], digits: int = 3) -> str:
@@ -65,7 +65,7 @@ def _header(results: Mapping[str, list[FinetuneResult]]) -> list[str]:
     seeds = sorted({r.seed for rs in results.values() for r in rs})
     lines = ["# STS-B-DIR, fine-tuned MiniLM cross-encoder", "",
              f"Test split ({first.counts['test']} pairs; many / medium / few = "
-             f"{test.many['count']} / {test.medium['count']} / {test.few['count']}), seeds "
+             f"{test.many.count} / {test.medium.count} / {test.few.count}), seeds "
              f"{', '.join(map(str, seeds))}, mean ± std over seeds; errors in score units (0..5). "
              f"Top {cfg.top_layers} of 6 layers fine-tuned, {cfg.epochs} epochs, batch "
              f"{cfg.batch_size}, max length {cfg.max_length}, lr {cfg.lr:g} (head "
@@ -174,7 +174,7 @@ def _plot(results: Mapping[str, list[FinetuneResult]], path: Path) -> None:
             per_bin = np.nanmean(np.asarray([r.test.per_bin_mse for r in rs], dtype=np.float64),
                                  axis=0)
         valid = ~np.isnan(per_bin)  # bins without test pairs are skipped, not gaps
-        mse = np.mean([r.test.all["mse"] for r in rs])
+        mse = np.mean([r.test.all.mse for r in rs])
         ax.plot(centres[valid], per_bin[valid], marker=".", lw=1.8 if m == "dirloss" else 0.9,
                 label=f"{ALL_METHODS[m].label} (MSE {mse:.3f})")
     ax.set_ylabel("test MSE per 0.1 bin")

@@ -80,7 +80,7 @@ def run_all(
                                     out_dir, position=1)
             overall.update()
             tqdm.write(f"done {method} seed {seed}: {result.seconds:.0f} s, "
-                       f"test MSE {result.test.all['mse']:.3f}")
+                       f"test MSE {result.test.all.mse:.3f}")
     else:
         ctx = mp.get_context("spawn")
         slots = ctx.Manager().Queue()

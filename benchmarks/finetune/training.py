@@ -116,7 +116,7 @@ def _train(model: _Model, config: FinetuneConfig, seed: int, labels: dict[str, n
         seconds = time.perf_counter() - t0
         # the head's own inference (soft / argmax): a curve only
         val = model.predict(model.features("val"))
-        mae, mse = overall_errors(val, labels["val"], labels["train"])
+        mae, mse = overall_errors(val, labels["val"])
         history.append(EpochRecord(epoch + 1, total / count, seconds, mae, mse))
         if not math.isfinite(total):
             break
