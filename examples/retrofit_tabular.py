@@ -30,7 +30,7 @@ a header row; 9999 marks a missing value in the car tables), see ``shared/data/R
 Features and target are standardised with training statistics; errors are reported in label
 units on the test split, by many/medium/few-shot region (20 equal-width bins over the training
 range; many-shot holds more than its uniform share of training labels, few-shot less than a
-fifth of it, the rule of ``benchmarks/data.py``). As a control, the MSE model is also trained
+fifth of it, the rule of ``benchmarks/data/shots.py``). As a control, the MSE model is also trained
 for the same extra epochs with plain MSE, so "after" is not credited for more training.
 
     python examples/retrofit_tabular.py                       # abalone, 10-30 s on 2 CPU cores

