@@ -20,7 +20,7 @@ from .ranksim import RankSimLoss
 from .reweighting import LabelDensityWeights
 from .splits import DIRSplit, dir_split
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BMCLoss",

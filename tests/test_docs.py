@@ -145,3 +145,8 @@ def test_one_version_source() -> None:
     assert not re.search(r'^version = "', pyproject, flags=re.MULTILINE)  # no literal
     cite = (ROOT / "docs" / "cite.md").read_text(encoding="utf-8")
     assert f"version = {{{dirloss.__version__}}}" in cite
+    cff = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
+    assert re.search(rf"^version: {re.escape(dirloss.__version__)}$", cff, flags=re.MULTILINE)
+    assert "preferred-citation:" in cff and "10.1609/aaai.v39i19.34200" in cff  # the paper
+    changelog = (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8")
+    assert f"## {dirloss.__version__} (" in changelog  # the release has its section
