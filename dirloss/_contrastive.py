@@ -2,7 +2,9 @@ r"""The entry point of the group contrastive loss (private; the public forms are
 :func:`dirloss.functional.group_contrastive_loss` and :class:`dirloss.GroupContrastiveLoss`):
 input checks, the choice of kernel (:mod:`._grouped` for integer groups, :mod:`._continuous`
 for real-valued labels) and the call, for one process or for the local anchors of a
-gathered batch under DDP.
+gathered batch under DDP; the options of the official Rank-N-Contrast code: unnormalised
+features (:func:`_unnormalised`, plain autograd) and several views per sample
+(:func:`flatten_views`, ``view_dim``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _continuous, _grouped
+from . import _continuous, _grouped, _views
 from ._validation import (
     check_group_range,
     check_num_groups,
@@ -36,12 +38,18 @@ def loss(
     *,
     offset: int = 0,
     n_anchors: int | None = None,
+    normalize: bool = True,
 ) -> Tensor:
     """The loss of the anchors ``features[offset : offset + n_anchors]`` (all rows by
-    default) against every row, for inputs passed by :func:`check_inputs`. Under DDP,
-    ``features`` and ``labels`` are the gathered batch and the anchors this rank's slice;
-    without ``num_groups``, G is then inferred from the gathered labels, the same on every
-    rank."""
+    default) against every row, for (N, D) inputs passed by :func:`check_inputs` (views
+    flattened by :func:`flatten_views`). Under DDP, ``features`` and ``labels`` are the
+    gathered batch and the anchors this rank's slice; without ``num_groups``, G is then
+    inferred from the gathered labels, the same on every rank. ``normalize=False`` takes
+    :func:`_unnormalised` (no host read: G is not needed there)."""
+    if not normalize:
+        return _unnormalised_loss(
+            features, labels, num_groups, temperature, reduction, offset, n_anchors
+        )
     x, y, num_groups = _prepare(features, labels, num_groups)
     n = x.shape[0] - offset if n_anchors is None else n_anchors
     if x.shape[0] == 0:  # an empty batch: a zero that stays in the graph
@@ -58,19 +66,38 @@ def check_inputs(
     temperature: float,
     similarity: str,
     chunk_size: int | None = None,
+    normalize: bool = True,
+    view_dim: int | None = None,
 ) -> None:
-    """Validate the hyper-parameters and the shapes, dtypes and devices of a batch."""
+    """Validate the hyper-parameters and the shapes, dtypes and devices of a batch:
+    features (N, D), or V views of each sample along ``view_dim``."""
     check_positive("temperature", temperature)
     if similarity not in SIMILARITIES:
         raise ValueError(f"expected similarity in {SIMILARITIES}, got {similarity!r}")
-    if features.dim() != 2 or not features.dtype.is_floating_point:
+    if not isinstance(normalize, bool):
+        raise ValueError(f"expected normalize to be a bool, got {normalize!r}")
+    if not normalize and similarity == "cosine":
         raise ValueError(
-            f"expected floating features of shape (N, D), got {tuple(features.shape)} "
-            f"{features.dtype}"
+            "expected similarity='l2' with normalize=False (the cosine is the same with or "
+            "without normalisation), got similarity='cosine'"
         )
-    if labels.dim() == 0 or labels.dim() > 2 or labels.shape[0] != features.shape[0]:
+    if not normalize and chunk_size is not None:
         raise ValueError(
-            f"expected labels of shape ({features.shape[0]},) or ({features.shape[0]}, L) to "
+            f"expected chunk_size=None with normalize=False (only the fused group kernel of "
+            f"normalised features is chunked), got chunk_size={chunk_size!r}"
+        )
+    _views.check_view_dim(view_dim)
+    rank = 2 if view_dim is None else 3
+    if features.dim() != rank or not features.dtype.is_floating_point:
+        hint = " (pass view_dim=1 for (N, V, D) views)" if features.dim() == 3 else ""
+        raise ValueError(
+            f"expected floating features of shape {_views.feature_shape(view_dim)}{hint}, "
+            f"got {tuple(features.shape)} {features.dtype}"
+        )
+    n = _views.num_samples(features, view_dim)
+    if labels.dim() == 0 or labels.dim() > 2 or labels.shape[0] != n:
+        raise ValueError(
+            f"expected labels of shape ({n},) or ({n}, L) to "
             f"match features {tuple(features.shape)}, got {tuple(labels.shape)}"
         )
     check_same_device("features", features, "labels", labels)
@@ -93,6 +120,74 @@ def check_inputs(
             "expected integer group labels with num_groups when chunk_size is set (only the "
             f"fused group kernel is chunked), got {labels.dtype} labels, num_groups={num_groups}"
         )
+
+
+def flatten_views(
+    features: Tensor, labels: Tensor, view_dim: int | None
+) -> tuple[Tensor, Tensor]:
+    """Checked views along ``view_dim`` -> (N V, D) samples, each view with its sample's
+    label (the official Rank-N-Contrast code concatenates its (N, 2, D) views the same
+    way; the loss does not depend on the order of the samples); (N, D) passes through."""
+    if view_dim is None:
+        return features, labels
+    views = features.shape[view_dim]
+    return _views.flatten(features, view_dim), _views.repeat_per_view(labels, views)
+
+
+def unflatten_views(loss: Tensor, n: int, view_dim: int | None) -> Tensor:
+    """The per-view losses (N V,) of ``reduction="none"`` back to the views' layout."""
+    return loss if loss.dim() == 0 else _views.unflatten(loss, n, view_dim)
+
+
+def _unnormalised_loss(
+    features: Tensor,
+    labels: Tensor,
+    num_groups: int | None,
+    temperature: float,
+    reduction: str,
+    offset: int,
+    n_anchors: int | None,
+) -> Tensor:
+    """:func:`_unnormalised` for inputs passed by :func:`check_inputs`, reduced."""
+    work_dtype = torch.promote_types(features.dtype, torch.float32)
+    x = features.to(work_dtype)
+    n = x.shape[0] - offset if n_anchors is None else n_anchors
+    if num_groups is not None and uses_group_kernel(labels, num_groups):
+        labels = labels.reshape(-1).clamp(0, num_groups - 1)  # as the group kernel reads them
+    y = labels.reshape(labels.shape[0], -1 if labels.numel() else 1).to(work_dtype)
+    if x.shape[0] == 0:
+        return reduce(x.sum(dim=1) * 0.0, reduction)
+    with without_autocast(x.device.type):
+        return reduce(_unnormalised(x, y, offset, n, temperature), reduction)
+
+
+def _unnormalised(x: Tensor, y: Tensor, offset: int, n_anchors: int, temperature: float) -> Tensor:
+    r"""Per-anchor means (n,) of the Rank-N-Contrast loss on raw features, as the official
+    code computes it: :math:`s_{ik} = -\lVert x_i - x_k \rVert_2 / T` without
+    normalisation, :math:`d_{ik}` the L1 label distance, exact ties.
+
+    Plain autograd, O(n N log N): each anchor's row sorted by label distance (the anchor
+    itself first, alone), :math:`\log \sum_{k : d_{ik} \ge d_{ij}} e^{s_{ik}}` as a
+    reversed ``logcumsumexp`` read at the first position of ``j``'s run of equal distances.
+    The distances are per-pair differences (``cdist`` without the matmul form), so no
+    cancellation for large feature norms.
+    """
+    n_total = x.shape[0]
+    anchors = x.narrow(0, offset, n_anchors)
+    s = torch.cdist(anchors, x, compute_mode="donot_use_mm_for_euclid_dist").div(-temperature)
+    y_a = y.narrow(0, offset, n_anchors)
+    d = torch.cdist(y_a, y, p=1.0) if y.shape[1] > 1 else (y_a - y.T).abs()
+    own = torch.arange(offset, offset + n_anchors, device=x.device)[:, None]
+    d = d.scatter(1, own, -1.0)  # the anchor sorts first, alone in its run
+    d, order = d.sort(dim=1, stable=True)
+    s = s.gather(1, order)
+    tail = s.flip(1).logcumsumexp(dim=1).flip(1)  # log sum over positions >= p
+    position = torch.arange(n_total, device=x.device).expand_as(order)
+    new_run = torch.ones_like(d, dtype=torch.bool)
+    new_run[:, 1:] = d[:, 1:] != d[:, :-1]
+    start = torch.where(new_run, position, 0).cummax(dim=1).values
+    pair = tail.gather(1, start) - s  # l_ij at j's sorted position; position 0 is i itself
+    return pair[:, 1:].sum(dim=1) / max(n_total - 1, 1)
 
 
 def _integer_labels(labels: Tensor) -> bool:

@@ -37,32 +37,54 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._validation import DeferredInit, as_float64_array, check_reduction, reduce
+from ._validation import (
+    DeferredInit,
+    as_float64_array,
+    check_reduction,
+    check_same_device,
+    reduce,
+    without_autocast,
+)
 from .metrics import _check_edges
 
-__all__ = ["BMCLoss", "BNILoss", "GAILoss", "bmc_loss", "bni_loss", "gai_loss"]
+__all__ = ["BMCLoss", "BNILoss", "GAILoss", "bmc_loss", "bni_loss", "fit_gmm", "gai_loss"]
 
 
 def _check_pair(input: Tensor, target: Tensor, *, one_dim: bool) -> tuple[Tensor, Tensor]:
-    """(N,) / (N, D) predictions and targets of one shape -> (N, D) (D = 1 when one_dim)."""
+    """(N,) / (N, D) predictions and targets of one shape -> (N, D) (D = 1 when one_dim), in
+    at least float32 (half-precision squared errors over 2 sigma^2 overflow early)."""
+    if not input.dtype.is_floating_point:
+        raise ValueError(f"expected floating input, got dtype {input.dtype}")
     if input.shape != target.shape:
         raise ValueError(
             f"expected input and target of the same shape, got {tuple(input.shape)} and "
             f"{tuple(target.shape)}"
         )
+    check_same_device("input", input, "target", target)
     if input.dim() == 1:
         input, target = input[:, None], target[:, None]
     if input.dim() != 2 or (one_dim and input.shape[1] != 1):
         want = "(N,) or (N, 1)" if one_dim else "(N,) or (N, D)"
         raise ValueError(f"expected input of shape {want}, got {tuple(input.shape)}")
-    return input, target.to(input.dtype)
+    work = torch.promote_types(input.dtype, torch.float32)
+    return input.to(work), target.to(work)
 
 
 def _as_var(noise_var: Tensor | float, like: Tensor) -> Tensor:
+    if not isinstance(noise_var, Tensor) and not (
+        isinstance(noise_var, (int, float)) and not isinstance(noise_var, bool)
+        and math.isfinite(noise_var) and noise_var > 0
+    ):
+        raise ValueError(f"expected a positive finite noise_var, got {noise_var!r}")
     var = torch.as_tensor(noise_var, dtype=like.dtype, device=like.device)
     if var.dim() != 0:
         raise ValueError(f"expected a scalar noise_var, got shape {tuple(var.shape)}")
     return var
+
+
+def _statistic(name: str, value: Tensor, like: Tensor) -> Tensor:
+    check_same_device("input", like, name, value)
+    return value.to(like.dtype)
 
 
 def bmc_loss(
@@ -90,7 +112,8 @@ def bmc_loss(
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Returns:
-        (N,) for ``"none"``, else a scalar; :math:`\ge 0`.
+        (N,) for ``"none"``, else a scalar; :math:`\ge 0`. Computed in at least float32,
+        outside autocast.
 
     Example:
         >>> loss = bmc_loss(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 2.0]), noise_var=0.5)
@@ -106,9 +129,10 @@ def bmc_loss(
             "and its gradient are 0; use drop_last=True or bni_loss/gai_loss",
             stacklevel=2,
         )
-    logits = -(x[:, None, :] - y[None, :, :]).pow(2).sum(dim=-1) / (2.0 * var)  # (N, N)
-    nll = torch.logsumexp(logits, dim=1) - logits.diagonal()
-    return reduce(nll * (2.0 * var).detach(), reduction)
+    with without_autocast(x.device.type):
+        logits = -(x[:, None, :] - y[None, :, :]).pow(2).sum(dim=-1) / (2.0 * var)  # (N, N)
+        nll = torch.logsumexp(logits, dim=1) - logits.diagonal()
+        return reduce(nll * (2.0 * var).detach(), reduction)
 
 
 def bni_loss(
@@ -135,12 +159,13 @@ def bni_loss(
         input: :math:`\hat y`, (N,) or (N, 1).
         target: :math:`y`, the same shape.
         noise_var: :math:`\sigma^2 > 0`.
-        bin_centers: (B,) :math:`c_b`.
-        bin_probs: (B,) :math:`p_b \ge 0`, summing to 1.
+        bin_centers: (B,) :math:`c_b`, on ``input``'s device.
+        bin_probs: (B,) :math:`p_b \ge 0`, summing to 1 (not checked: a host read).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Returns:
-        (N,) for ``"none"``, else a scalar; may be negative.
+        (N,) for ``"none"``, else a scalar; may be negative. Computed in at least float32,
+        outside autocast.
 
     Example:
         >>> centers, probs = torch.tensor([0.0, 1.0]), torch.tensor([0.9, 0.1])
@@ -157,10 +182,12 @@ def bni_loss(
             f"expected bin_centers and bin_probs of one shape (B,), got "
             f"{tuple(bin_centers.shape)} and {tuple(bin_probs.shape)}"
         )
-    centers, log_p = bin_centers.to(x), bin_probs.to(x).log()  # log 0 = -inf: drops out
-    fit = (x[:, 0] - y[:, 0]).pow(2) / (2.0 * var)
-    balance = torch.logsumexp(log_p - (x - centers).pow(2) / (2.0 * var), dim=1)
-    return reduce((fit + balance) * (2.0 * var).detach(), reduction)
+    centers = _statistic("bin_centers", bin_centers, x)
+    log_p = _statistic("bin_probs", bin_probs, x).log()  # log 0 = -inf: the bin drops out
+    with without_autocast(x.device.type):
+        fit = (x[:, 0] - y[:, 0]).pow(2) / (2.0 * var)
+        balance = torch.logsumexp(log_p - (x - centers).pow(2) / (2.0 * var), dim=1)
+        return reduce((fit + balance) * (2.0 * var).detach(), reduction)
 
 
 def gai_loss(
@@ -188,12 +215,13 @@ def gai_loss(
         input: :math:`\hat y`, (N,) or (N, 1).
         target: :math:`y`, the same shape.
         noise_var: :math:`\sigma^2 > 0`.
-        means, variances, weights: (K,) :math:`\mu_k`, :math:`v_k > 0`, :math:`\phi_k`
-            (summing to 1).
+        means, variances, weights: (K,) :math:`\mu_k`, :math:`v_k \ge 0`, :math:`\phi_k`
+            (summing to 1; not checked: a host read), on ``input``'s device.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Returns:
-        (N,) for ``"none"``, else a scalar; may be negative.
+        (N,) for ``"none"``, else a scalar; may be negative. Computed in at least float32,
+        outside autocast.
 
     Example:
         >>> loss = gai_loss(torch.zeros(2), torch.tensor([0.0, 1.0]), noise_var=1.0,
@@ -210,11 +238,14 @@ def gai_loss(
             f"expected means, variances and weights of one shape (K,), got "
             f"{tuple(means.shape)}, {tuple(variances.shape)} and {tuple(weights.shape)}"
         )
-    total = variances.to(x) + var  # (K,)
-    fit = (x[:, 0] - y[:, 0]).pow(2) / (2.0 * var) + 0.5 * var.log()
-    log_terms = weights.to(x).log() - 0.5 * total.log() - (x - means.to(x)).pow(2) / (2 * total)
-    balance = torch.logsumexp(log_terms, dim=1)
-    return reduce((fit + balance) * (2.0 * var).detach(), reduction)
+    mu = _statistic("means", means, x)
+    log_phi = _statistic("weights", weights, x).log()
+    with without_autocast(x.device.type):
+        total = _statistic("variances", variances, x) + var  # (K,) v_k + sigma^2
+        fit = (x[:, 0] - y[:, 0]).pow(2) / (2.0 * var) + 0.5 * var.log()
+        log_terms = log_phi - 0.5 * total.log() - (x - mu).pow(2) / (2.0 * total)
+        balance = torch.logsumexp(log_terms, dim=1)
+        return reduce((fit + balance) * (2.0 * var).detach(), reduction)
 
 
 class _NoiseScale(DeferredInit):
@@ -264,7 +295,9 @@ class BMCLoss(_NoiseScale):
 
     Args:
         init_noise_sigma: initial :math:`\sigma > 0` (official default 1).
-        learnable: :math:`\sigma` as an ``nn.Parameter`` (official) or a fixed buffer.
+        learnable: :math:`\sigma` as an ``nn.Parameter`` (official) or a fixed buffer. The
+            official training script gives it its own parameter group with a learning rate
+            of ``1e-2``.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
 
     Shape:
@@ -300,7 +333,14 @@ class BNILoss(_NoiseScale):
 
     :meth:`fit` histograms the training labels into ``num_bins`` equal-width bins over their
     range (or the given ``bin_edges``: float labels, any bins) and keeps the centres and
-    probabilities in buffers (``state_dict``, ``.to(device)``).
+    probabilities in buffers (``state_dict``, ``.to(device)``). Assumes the histogram is
+    fine enough that a bin's centre stands for its labels.
+
+    The official code bins integer labels (ages) one bin per integer ``k``, centred *at*
+    ``k``: that is ``bin_edges=np.arange(lo - 0.5, hi + 1.5)``, not ``num_bins`` (whose
+    centres fall between the integers). It drops labels above its last bin, where
+    :meth:`fit` counts labels outside the edges in the end bins; its optional LDS smoothing
+    of the histogram is not offered here.
 
     Args:
         num_bins: B equal-width bins (omit with ``bin_edges``).
@@ -380,10 +420,25 @@ def fit_gmm(
 
     Means start at the :math:`(k + \frac12)/K` quantiles, variances at the labels' variance
     over :math:`K^2`, weights at :math:`1/K`; variances are floored at :math:`10^{-6}` of the
-    labels' variance so a component cannot collapse onto one repeated label.
+    labels' variance so a component cannot collapse onto one repeated label. No random
+    start, so the same labels give the same mixture. (The official code fits scikit-learn's
+    ``GaussianMixture(K, random_state=0)`` offline; its k-means start can end in another
+    local optimum.)
+
+    Args:
+        labels: the training labels, any shape (flattened), at least 2 and finite.
+        num_components: K, at most the number of labels.
+        iterations: the most EM steps.
+        tol: stop when the mean log-likelihood gains less than this.
 
     Returns:
-        ``(means, variances, weights)``, each (K,) float64.
+        ``(means, variances, weights)``, each (K,) float64 on the CPU.
+
+    Example:
+        >>> y = torch.cat([torch.zeros(50), torch.ones(50)]) + 0.01 * torch.randn(100)
+        >>> means, variances, weights = fit_gmm(y, 2)
+        >>> [round(float(m), 1) for m in means], [round(float(w), 2) for w in weights]
+        ([0.0, 1.0], [0.5, 0.5])
     """
     y = _training_labels(labels)
     if isinstance(num_components, bool) or not isinstance(num_components, int) or (
@@ -458,9 +513,29 @@ class GAILoss(_NoiseScale):
 
     def fit(self, labels: Any, **em: Any) -> GAILoss:
         """Fit the mixture to the training labels (keyword arguments go to :func:`fit_gmm`)."""
+        return self.set_mixture(*fit_gmm(labels, self.num_components, **em))
+
+    def set_mixture(self, means: Any, variances: Any, weights: Any) -> GAILoss:
+        """Use a mixture fitted elsewhere, e.g. the official workflow's scikit-learn
+        ``GaussianMixture`` on 1-D labels: ``set_mixture(gmm.means_, gmm.covariances_,
+        gmm.weights_)`` (any shapes holding K values each)."""
+        k = self.num_components
+        mu, var, phi = (as_float64_array(a).reshape(-1) for a in (means, variances, weights))
+        if not mu.size == var.size == phi.size == k:
+            raise ValueError(
+                f"expected {k} means, variances and weights, got {mu.size}, {var.size} and "
+                f"{phi.size}"
+            )
+        if not (np.isfinite(mu).all() and np.isfinite(var).all() and np.isfinite(phi).all()):
+            raise ValueError("expected finite means, variances and weights, got NaN/inf")
+        if (var < 0).any() or (phi < 0).any() or abs(phi.sum() - 1.0) > 1e-6:
+            raise ValueError(
+                f"expected variances >= 0 and weights >= 0 summing to 1, got variances "
+                f"{var.tolist()} and weights {phi.tolist()}"
+            )
         for buffer, value in zip((self.gmm_means, self.gmm_variances, self.gmm_weights),
-                                 fit_gmm(labels, self.num_components, **em)):
-            buffer.copy_(value.to(buffer.device))
+                                 (mu, var, phi)):
+            buffer.copy_(torch.from_numpy(value).to(buffer.device))
         self._fitted = True
         return self
 

@@ -33,6 +33,7 @@ __all__ = [
     "expert_share_table",
     "expert_mse_loss",
     "mixture_mse_loss",
+    "weighted_mse_loss",
     "combine_experts",
     "select_expert",
 ]
@@ -391,6 +392,61 @@ def mixture_mse_loss(
     return torch.dot(sample, (pred - target.to(work)).square().sum(dim=1)) / denominator
 
 
+def weighted_mse_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    *,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Squared error with per-sample weights (the loss the official LDS code trains with).
+
+    .. math::
+        \ell_{ij} = a_i\,(x_{ij} - y_{ij})^2, \qquad
+        \mathcal{L} = \frac{1}{N O} \sum_{i, j} \ell_{ij} \quad (\text{"mean"})
+
+    The mean divides by the number of elements, not by :math:`\sum_i a_i`, as the official
+    code's ``torch.mean(weights * loss)``: with weights of mean 1 over the training set (as
+    :class:`~dirloss.LabelDensityWeights` gives) the loss keeps its unweighted scale on
+    average, and a batch of rare labels weighs more than a batch of common ones. The
+    weights are constants for the reweighting methods, but a gradient does reach them.
+
+    Args:
+        input: (N,) or (N, O) predictions.
+        target: targets of ``input``'s shape.
+        weight: optional (N,) per-sample weights :math:`a_i`, e.g. ``lds(target)``; None
+            gives :func:`torch.nn.functional.mse_loss` (with an empty batch giving 0).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Returns:
+        A scalar, or ``input``'s shape for ``"none"``; computed in at least float32; 0 for an
+        empty batch.
+
+    Example:
+        >>> pred, y = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 2.0])
+        >>> weighted_mse_loss(pred, y, torch.tensor([1.5, 0.5]))
+        tensor(1.7500)
+    """
+    check_reduction(reduction)
+    if input.dim() not in (1, 2) or target.shape != input.shape:
+        raise ValueError(
+            "expected input of shape (N,) or (N, O) and target of the same shape, got "
+            f"{tuple(input.shape)} and {tuple(target.shape)}"
+        )
+    check_same_device("input", input, "target", target)
+    work = torch.promote_types(input.dtype, torch.float32)  # fp32 under autocast
+    sample = _sample_weight(weight, input.shape[0], input, work)
+    x, y = input.to(work), target.to(work)
+    # an empty batch's mean is its sum: 0, not NaN, still in the graph
+    how = "sum" if reduction == "mean" and input.numel() == 0 else reduction
+    if sample is None:
+        return F.mse_loss(x, y, reduction=how)
+    loss = F.mse_loss(x, y, reduction="none") * (sample if x.dim() == 1 else sample[:, None])
+    if how == "none":
+        return loss
+    return loss.sum() if how == "sum" else loss.mean()
+
+
 def combine_experts(
     logits: Tensor,
     experts: Tensor,
@@ -479,10 +535,13 @@ def group_contrastive_loss(
     similarity: str = "l2",
     reduction: str = "mean",
     chunk_size: int | None = None,
+    normalize: bool = True,
+    view_dim: int | None = None,
 ) -> Tensor:
     r"""Group-aware ordinal contrastive loss (L_grc; Rank-N-Contrast applied to groups).
 
-    With :math:`z = \text{features} / \lVert\text{features}\rVert`,
+    With :math:`z = \text{features} / \lVert\text{features}\rVert` (the raw features with
+    ``normalize=False``),
     :math:`s_{ij} = -\lVert z_i - z_j \rVert_2 / T` (``"l2"``) or
     :math:`\cos(z_i, z_j) / T` (``"cosine"``), and :math:`d_{ij} = |y_i - y_j|`:
 
@@ -514,7 +573,8 @@ def group_contrastive_loss(
       (N, L) use the L1 distance.
 
     Args:
-        features: (N, D) backbone features (any scale; they are normalised).
+        features: (N, D) backbone features (any scale; they are normalised), or views of
+            them along ``view_dim``.
         labels: (N,) or (N, 1) group indices or real labels; (N, L) real labels.
         num_groups: G, for integer group labels in ``[0, G)``: no host sync. Without it,
             integer labels have G inferred from the batch (one host read).
@@ -525,10 +585,20 @@ def group_contrastive_loss(
         chunk_size: process the anchors in blocks of this many rows, so the peak extra
             memory is O(chunk_size * N) instead of O(N^2) (same loss and gradients). Integer
             group labels with ``num_groups`` only.
+        normalize: L2-normalise the features first (default). ``False`` is the official
+            Rank-N-Contrast code (Zha et al., NeurIPS 2023), which contrasts raw features,
+            :math:`s_{ij} = -\lVert x_i - x_j \rVert_2 / T` (``"l2"`` only: the cosine does
+            not depend on the scale), and trains with T = 2; our default temperature stays
+            :data:`DEFAULT_TEMPERATURE`, chosen for normalised features. That path is plain
+            autograd, O(N^2 log N) for every kind of label, with no host read.
+        view_dim: the dimension of ``features`` that holds V augmented views of each sample:
+            ``1`` for (N, V, D) (the official code's (N, 2, D)), ``0`` for (V, N, D); None
+            (default) for one view, (N, D). The N V views are contrasted as N V samples, each
+            with its sample's label: the single-view call on the concatenated views.
 
     Returns:
-        A scalar, or (N,). N = 1 (no pair) gives 0, still attached to the graph. Computed in
-        at least float32.
+        A scalar, or (N,) ((N, V) or (V, N) with views). A single sample and view (no pair)
+        gives 0, still attached to the graph. Computed in at least float32.
 
     Example:
         >>> features = torch.randn(8, 16, requires_grad=True)
@@ -538,8 +608,12 @@ def group_contrastive_loss(
         >>> features.grad.shape
         torch.Size([8, 16])
     """
-    _contrastive.check_inputs(features, labels, num_groups, temperature, similarity, chunk_size)
-    check_reduction(reduction)
-    return _contrastive.loss(
-        features, labels, num_groups, similarity, temperature, chunk_size, reduction
+    _contrastive.check_inputs(
+        features, labels, num_groups, temperature, similarity, chunk_size, normalize, view_dim
     )
+    check_reduction(reduction)
+    x, y = _contrastive.flatten_views(features, labels, view_dim)
+    out = _contrastive.loss(
+        x, y, num_groups, similarity, temperature, chunk_size, reduction, normalize=normalize
+    )
+    return _contrastive.unflatten_views(out, labels.shape[0], view_dim)

@@ -216,10 +216,19 @@ class GroupContrastiveLoss(nn.Module):
             device. Labels outside it always raise ``ValueError`` for CPU tensors; on other
             devices the check would force a host sync, so without ``validate`` they are
             clamped into the range unchecked.
+        normalize: L2-normalise the features (default). ``False`` contrasts the raw
+            features, as the official Rank-N-Contrast code does (``"l2"`` only; official
+            trains with ``temperature=2``, our default stays the one for normalised
+            features); see :func:`dirloss.functional.group_contrastive_loss`.
+        view_dim: the dimension of the features holding V augmented views of each sample,
+            ``1`` for (N, V, D) (the official Rank-N-Contrast call) or ``0`` for (V, N, D);
+            None (default): (N, D). The N V views are the samples, each with its sample's
+            label.
 
     Shape:
-        - features: (N, D); labels: (N,) or (N, 1) (or (N, L) real labels).
-        - output: scalar, or (N,) for ``reduction="none"``.
+        - features: (N, D), or (N, V, D) / (V, N, D) with ``view_dim``; labels: (N,) or
+          (N, 1) (or (N, L) real labels).
+        - output: scalar, or (N,) ((N, V) / (V, N) with views) for ``reduction="none"``.
 
     Example:
         >>> loss_fn = GroupContrastiveLoss(3)  # or GroupContrastiveLoss(num_groups=3)
@@ -237,17 +246,21 @@ class GroupContrastiveLoss(nn.Module):
         reduction: str = "mean",
         chunk_size: int | None = None,
         validate: bool = False,
+        normalize: bool = True,
+        view_dim: int | None = None,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
         # Validate the hyper-parameters now rather than at the first forward.
         _contrastive.check_inputs(
-            torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), num_groups, temperature,
-            similarity, chunk_size,
+            torch.zeros((1, 1) if view_dim is None else (1, 1, 1)),
+            torch.zeros(1, dtype=torch.long), num_groups, temperature, similarity,
+            chunk_size, normalize, view_dim,
         )
         self.num_groups, self.temperature, self.similarity = num_groups, temperature, similarity
         self.gather_distributed, self.reduction = gather_distributed, reduction
-        self.chunk_size, self.validate = chunk_size, bool(validate)
+        self.chunk_size, self.validate, self.normalize = chunk_size, bool(validate), normalize
+        self.view_dim = view_dim
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         if self.validate and self.num_groups is not None and _contrastive.uses_group_kernel(
@@ -258,23 +271,29 @@ class GroupContrastiveLoss(nn.Module):
             return DF.group_contrastive_loss(
                 features, labels, num_groups=self.num_groups, temperature=self.temperature,
                 similarity=self.similarity, reduction=self.reduction, chunk_size=self.chunk_size,
+                normalize=self.normalize, view_dim=self.view_dim,
             )
         # Check the local batch first: a bad one must fail here, not leave the other ranks
         # waiting in the collective.
         _contrastive.check_inputs(
-            features, labels, self.num_groups, self.temperature, self.similarity, self.chunk_size
+            features, labels, self.num_groups, self.temperature, self.similarity,
+            self.chunk_size, self.normalize, self.view_dim,
         )
-        all_features, all_labels, offset = gather_batch(features, labels)
+        x, y = _contrastive.flatten_views(features, labels, self.view_dim)
+        all_features, all_labels, offset = gather_batch(x, y)
         # Without num_groups, G is inferred from the gathered (global) labels: every rank
         # sees the same batch, so every rank infers the same G.
-        return _contrastive.loss(
+        out = _contrastive.loss(
             all_features, all_labels, self.num_groups, self.similarity, self.temperature,
-            self.chunk_size, self.reduction, offset=offset, n_anchors=features.shape[0],
+            self.chunk_size, self.reduction, offset=offset, n_anchors=x.shape[0],
+            normalize=self.normalize,
         )
+        return _contrastive.unflatten_views(out, labels.shape[0], self.view_dim)
 
     def extra_repr(self) -> str:
         return (
             f"num_groups={self.num_groups}, temperature={self.temperature}, "
             f"similarity={self.similarity!r}, gather_distributed={self.gather_distributed}, "
-            f"reduction={self.reduction!r}"
+            f"reduction={self.reduction!r}, normalize={self.normalize}, "
+            f"view_dim={self.view_dim}"
         )

@@ -219,7 +219,9 @@ class GroupDIRLoss(DeferredInit):
         ``weight``: optional (N,) per-sample weights (e.g. from
         :class:`~dirloss.LabelDensityWeights`) of the expert and mixture MSE terms; the
         contrastive and soft-label terms stay unweighted. Weights of mean 1 over the
-        training set keep the terms' scale (the sums are still divided by N).
+        training set keep the terms' scale (the sums are still divided by N, as the official
+        LDS code takes the mean of the weighted losses). Weights that require a gradient
+        get one (through the term-by-term computation instead of the fused node).
         """
         if not isinstance(output, HeadOutput):
             raise ValueError(
@@ -250,7 +252,10 @@ class GroupDIRLoss(DeferredInit):
         unit = self.binner.label_std if self.standardize_mse else 1.0
         if self.lambda_grc:
             grc = self.contrastive(features, groups)
-        if self.soft_label.reduction == "none":  # per-sample soft term: the term-by-term path
+        # The term-by-term path for a per-sample soft term, or for weights that need a
+        # gradient (the fused node's backward treats the weights as constants).
+        learned_weight = weight is not None and weight.requires_grad
+        if self.soft_label.reduction == "none" or learned_weight:
             if self.lambda_mse:
                 mse = DF.expert_mse_loss(
                     experts, target, groups, table=self.expert_table, target_unit=unit,

@@ -19,10 +19,19 @@ This module reproduces the official recipe's order of operations exactly:
    mean 1: :math:`\omega_b = \frac{N}{\sum_{b'} n_{b'} / \tilde n_{b'}} \cdot \frac{1}{\tilde
    n_b}`.
 
+The weights enter a loss as the official code uses them, as a plain mean of the weighted
+per-sample losses, :math:`\frac1N \sum_i \omega_{b(y_i)} \ell_i` (not
+:math:`\sum_i \omega_i \ell_i / \sum_i \omega_i`): with weights of mean 1 over the training
+set the loss keeps its unweighted scale on average, while a batch of rare labels counts more.
+:func:`~dirloss.functional.weighted_mse_loss` is that loss for a plain regressor;
+``GroupDIRLoss(..., weight=)`` applies it to the expert and mixture terms.
+
 Differences from the official code, by design: labels are floats in explicit bins (the
 official bins are the integers ``0 .. max_target - 1``; pass ``bin_edges=torch.arange(K + 1)``
 to get them); clipping happens only when asked for; a bin with no smoothed training mass
-(possible without LDS) gets the weight of the rarest bin that has some, instead of infinity.
+(possible without LDS) gets the weight of the rarest bin that has some, instead of infinity;
+the weights are computed in float64 (the official code rounds :math:`1 / \tilde n_b` to
+float32 before rescaling, a relative difference below 1e-7).
 """
 
 from __future__ import annotations
@@ -125,15 +134,34 @@ def _check_kernel(kernel: str, kernel_size: int, sigma: float) -> None:
         kernel_size % 2 == 0
     ):
         raise ValueError(f"expected an odd integer kernel_size >= 1, got {kernel_size!r}")
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"expected sigma > 0, got {sigma!r}")
+    if isinstance(sigma, bool) or not (
+        isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0
+    ):
+        raise ValueError(f"expected sigma to be a finite number > 0, got {sigma!r}")
 
 
 def _check_clip(clip: tuple[float, float] | None) -> None:
     if clip is None:
         return
-    if len(clip) != 2 or not all(math.isfinite(c) for c in clip) or not 0 <= clip[0] <= clip[1]:
+    numbers = isinstance(clip, (tuple, list)) and len(clip) == 2 and all(
+        isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in clip
+    )
+    if not numbers or not 0 <= clip[0] <= clip[1]:
         raise ValueError(f"expected clip=(low, high) with 0 <= low <= high, got {clip!r}")
+
+
+def _check_counts(counts: Tensor) -> Tensor:
+    """The histogram as float64; values are read on the host (a fit-time check)."""
+    if not isinstance(counts, Tensor) or counts.dim() != 1 or counts.numel() == 0:
+        shape = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
+        raise ValueError(f"expected counts to be a tensor of shape (B,) with B >= 1, got {shape}")
+    n = counts.detach().to(torch.float64)
+    if not n.is_meta and not (torch.isfinite(n).all() and (n >= 0).all() and n.sum() > 0):
+        raise ValueError(
+            "expected finite, non-negative counts with at least one label, got min "
+            f"{float(n.min())} and total {float(n.sum())} over {n.numel()} bins"
+        )
+    return n
 
 
 def label_density_weights(
@@ -161,7 +189,13 @@ def label_density_weights(
         clip: ``(low, high)`` bounds for the transformed histogram, or None (no clipping).
 
     Returns:
-        (B,) float64 weights, on ``counts``' device.
+        (B,) float64 weights :math:`\omega_b`, on ``counts``' device, with
+        :math:`\sum_b n_b \omega_b = \sum_b n_b` (mean 1 over the training samples).
+
+    Raises:
+        ValueError: a bad setting, or counts that are not a non-empty (B,) tensor of finite,
+            non-negative values with a positive total (checked on the host: call it at fit
+            time, not in a training step).
 
     Example:
         >>> label_density_weights(torch.tensor([100, 10, 1]), lds=False, reweight="inverse")
@@ -171,9 +205,7 @@ def label_density_weights(
         raise ValueError(f"expected reweight in {REWEIGHTS}, got {reweight!r}")
     _check_kernel(kernel, kernel_size, sigma)
     _check_clip(clip)
-    if counts.dim() != 1 or counts.numel() == 0:
-        raise ValueError(f"expected counts of shape (B,) with B >= 1, got {tuple(counts.shape)}")
-    n = counts.to(torch.float64)
+    n = _check_counts(counts)
     if reweight == "none":
         return torch.ones_like(n)
     value = n.sqrt() if reweight == "sqrt_inv" else n

@@ -59,3 +59,36 @@ def ref_mixture_mse(logits, experts, target, scale=1.0) -> float:
         for o in range(out_features):
             total += (sum(w[g] * e[i][g][o] for g in range(num_groups)) - y[i][o]) ** 2
     return total / (max(n * out_features, 1) * float(scale) ** 2)
+
+
+def ref_combine(logits, experts, inference, adjustment=None):
+    """z~ = z - a; argmax: the expert of the largest z~; soft: sum_g softmax(z~)_g expert_g."""
+    out = []
+    for z, rows in zip(logits.double().tolist(), experts.double().tolist()):
+        if adjustment is not None:
+            z = [v - a for v, a in zip(z, adjustment.double().tolist())]
+        if inference == "argmax":
+            out.append(rows[ref_argmax(z)])
+            continue
+        m = max(z)
+        e = [math.exp(v - m) for v in z]
+        w = [v / sum(e) for v in e]
+        out.append([sum(w[g] * rows[g][o] for g in range(len(w))) for o in range(len(rows[0]))])
+    return out
+
+
+def ref_bin(y, edges):
+    """Bin k holds edges[k] <= y < edges[k+1]; below the first edge: 0; from the last: B-1."""
+    num_bins = len(edges) - 1
+    for k in range(num_bins - 1):
+        if y < edges[k + 1]:
+            return k
+    return num_bins - 1
+
+
+def ref_balanced_mae(pred, target, edges):
+    """Mean over the non-empty bins of the bin's mean |pred - y|."""
+    errors = {}
+    for p, y in zip(pred, target):
+        errors.setdefault(ref_bin(y, edges), []).append(abs(p - y))
+    return sum(sum(v) / len(v) for v in errors.values()) / len(errors)

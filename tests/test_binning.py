@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from _bad_groups import fitted_binner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -472,3 +473,106 @@ def test_compile_fullgraph_matches_eager(backend, device):
     compiled = torch.compile(binner, fullgraph=True, backend=backend)
     y = torch.cat([torch.randn(64) * 2, binner.edges.float().cpu()]).to(device)
     assert torch.equal(compiled(y), binner(y))
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupBinner(3, low=0.0, high=inf); fitted after a reload
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"low": 0.0, "high": math.inf}, {"low": -math.inf}, {"high": math.nan}, {"low": "0"},
+     {"high": True}],
+)
+def test_binner_rejects_non_finite_low_high(kwargs):
+    with pytest.raises(ValueError, match=r"expected (low|high) to be a finite number or None"):
+        GroupBinner(3, **kwargs).fit([1.0, 2.0, 3.0])
+
+
+def test_binner_accepts_integer_and_numpy_bounds():
+    binner = GroupBinner(2, low=np.float32(0.0), high=4).fit([1.0, 3.0])
+    assert binner.edges.tolist() == [0.0, 2.0, 4.0]
+    assert binner.low == 0.0 and binner.high == 4.0
+
+
+def test_reloaded_binner_is_fitted():
+    binner = GroupBinner(3, low=0.0, high=3.0).fit([0.5, 1.5, 2.5])
+    fresh = GroupBinner(3)
+    fresh.load_state_dict(binner.state_dict())
+    assert fresh.fitted
+    assert torch.equal(fresh(torch.tensor([0.1, 1.1, 2.9])), torch.tensor([0, 1, 2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupBinner state_dict saves strategy, low, high (and explicit edges)
+# ---------------------------------------------------------------------------------------------
+def test_binner_settings_round_trip():
+    labels, other = torch.linspace(1.0, 9.0, 50), torch.rand(80) ** 2 * 20
+    cases = [
+        GroupBinner(4, low=0.0, high=10.0),
+        GroupBinner(4, low=-5.0),
+        GroupBinner(4, strategy="quantile"),
+        GroupBinner(4, edges=[0.0, 1.0, 2.0, 5.0, 10.0]),
+    ]
+    for binner in cases:
+        binner.fit(labels)
+        state = binner.state_dict()
+        cloned = {k: v.clone() for k, v in state.items()}  # every entry is a tensor
+        fresh = GroupBinner(4, low=100.0, high=200.0)  # other settings, overwritten
+        fresh.load_state_dict(cloned)
+        assert (fresh.strategy, fresh.low, fresh.high) == (binner.strategy, binner.low, binner.high)
+        assert torch.equal(fresh.edges, binner.edges)
+        # the next fit follows the saved settings, not the constructor's
+        assert torch.equal(fresh.fit(other).edges, binner.fit(other).edges)
+        assert f"strategy={binner.strategy!r}" in repr(fresh)
+
+
+def test_binner_settings_are_read_only():
+    binner = GroupBinner(3, low=0.0, high=1.0)
+    for name in ("strategy", "low", "high"):
+        with pytest.raises(AttributeError):
+            setattr(binner, name, None)
+
+
+def test_binner_dirloss_0_1_checkpoint_keeps_constructor_settings():
+    old = GroupBinner(3).fit([0.0, 1.0, 2.0, 3.0]).state_dict()
+    state = {k: old[k] for k in ("edges", "counts", "centers")}  # what 0.1 saved
+    fresh = GroupBinner(3, low=-1.0, high=5.0)
+    fresh.load_state_dict(state)
+    assert fresh.fitted and (fresh.low, fresh.high) == (-1.0, 5.0)
+    assert fresh.fit([0.0, 1.0]).edges.tolist() == [-1.0, 1.0, 3.0, 5.0]
+
+
+def test_binner_fit_range_stays_float64_under_half():
+    binner = GroupBinner(3, low=0.1, high=0.7).fit([0.2, 0.5]).half()
+    assert binner.fit_range.dtype == torch.float64 and binner.low == 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupBinner on (N, 2) labels
+# ---------------------------------------------------------------------------------------------
+def test_binner_forward_rejects_two_labels_per_sample():
+    binner = fitted_binner()
+    with pytest.raises(ValueError, match=r"expected labels of shape \(N,\) or \(N, 1\) .*\(6, 2\)"):
+        binner(torch.rand(6, 2))
+    assert binner(torch.rand(6, 1)).shape == (6,)
+    with pytest.raises(ValueError, match=r"expected labels to have shape \(N,\) or \(N, 1\)"):
+        binner.fit(torch.rand(6, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# strategy="quantile" (or explicit edges) with low / high
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"strategy": "quantile", "low": 0.0}, {"strategy": "quantile", "high": 1.0},
+     {"strategy": "quantile", "low": 0.0, "high": 1.0},
+     {"edges": [0.0, 1.0, 2.0, 3.0], "low": 0.0}],
+)
+def test_low_high_only_with_uniform(kwargs):
+    with pytest.raises(ValueError, match=r"expected low/high only with strategy='uniform'"):
+        GroupBinner(3, **kwargs)
+
+
+def test_explicit_edges_with_quantile_raises():
+    with pytest.raises(ValueError, match=r"expected strategy='uniform' .* with explicit edges"):
+        GroupBinner(3, strategy="quantile", edges=[0.0, 1.0, 2.0, 3.0])

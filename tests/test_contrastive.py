@@ -12,10 +12,13 @@ import warnings
 
 import pytest
 import torch
+from _bad_groups import OUT_OF_RANGE, bad_groups, range_error
+from _bad_groups import G as RANGE_G
+from _battery import Spec, battery
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirloss import GroupContrastiveLoss, _continuous, _grouped
+from dirloss import DescendingSoftLabelLoss, GroupContrastiveLoss, _continuous, _grouped
 from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -392,40 +395,8 @@ def test_continuous_kernel_backward_twice_with_retain_graph():
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Module, reductions and argument checks
+# 3. Argument checks (module == function and the reductions: TestBattery at the end)
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("num_groups", [G, None])
-def test_module_equals_function(num_groups, reduction):
-    labels = INT_LABELS["spread"]
-    features = randn(labels.shape[0], 4)
-    kw = {"num_groups": num_groups, "temperature": 0.3, "similarity": "cosine",
-          "reduction": reduction}
-    module = GroupContrastiveLoss(**kw)
-    torch.testing.assert_close(
-        module(features, labels), group_contrastive_loss(features, labels, **kw), atol=0, rtol=0
-    )
-    # the module's defaults are the function's defaults
-    torch.testing.assert_close(
-        GroupContrastiveLoss(num_groups=num_groups)(features, labels),
-        group_contrastive_loss(features, labels, num_groups=num_groups), atol=0, rtol=0,
-    )
-
-
-@pytest.mark.parametrize("num_groups", [G, None])
-def test_reduction_shapes_and_consistency(num_groups):
-    labels = INT_LABELS["spread"]
-    n = labels.shape[0]
-    features = randn(n, 4)
-    out = {r: loss_fn(features, labels, num_groups=num_groups, reduction=r) for r in REDUCTIONS}
-    assert out["none"].shape == (n,)
-    assert out["mean"].shape == () and out["sum"].shape == ()
-    torch.testing.assert_close(out["sum"], out["none"].sum(), **F64)
-    torch.testing.assert_close(out["mean"], out["none"].mean(), **F64)
-    # every anchor has N - 1 partners, so the pair mean equals the mean of per-anchor means
-    torch.testing.assert_close(out["mean"], out["sum"] / n, **F64)
-
-
 def test_float32_features_give_float32_loss():
     labels = INT_LABELS["spread"]
     features = torch.randn(labels.shape[0], 4)
@@ -436,17 +407,6 @@ def test_float32_features_give_float32_loss():
             loss.double(), ref_loss(features.double(), labels, 0.1, "l2", "mean"),
             atol=1e-5, rtol=1e-5,
         )
-
-
-@pytest.mark.parametrize("bad", ["avg", "elementwise_mean", "", None, "MEAN"])
-def test_invalid_reduction_raises(bad):
-    features, labels = randn(4, 3), torch.tensor([0, 1, 1, 0])
-    with pytest.raises(ValueError, match="is not a valid value for reduction"):
-        group_contrastive_loss(features, labels, num_groups=2, reduction=bad)
-    with pytest.raises(ValueError, match="is not a valid value for reduction"):
-        group_contrastive_loss(features, labels.double(), reduction=bad)
-    with pytest.raises(ValueError, match="is not a valid value for reduction"):
-        GroupContrastiveLoss(num_groups=2, reduction=bad)
 
 
 @pytest.mark.parametrize("temperature", [0, 0.0, -1, -0.1, float("nan"), float("inf"), "0.1",
@@ -649,7 +609,7 @@ def test_tiny_temperature_float32_is_accurate_and_finite(kw, label_dtype, simila
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 def test_out_of_range_group_labels_raise_on_cpu(similarity):
-    # Once clamped silently; a CPU check costs no sync (tests/test_hardening.py has the rest).
+    # Once clamped silently; a CPU check costs no sync (tests/test_validation.py has the rest).
     labels = torch.tensor([-3, 0, 2, 4, 7, -1, 5, 1])
     features = randn(8, 3)
     with pytest.raises(ValueError, match=rf"expected labels in \[0, {G}\).* got 4 of 8"):
@@ -748,7 +708,7 @@ def test_fused_kernel_equals_sort_kernel(groups, seed, similarity, temperature, 
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. torch.compile and autocast
+# 6. torch.compile (the module's compile and autocast checks: TestBattery at the end)
 # ---------------------------------------------------------------------------------------------
 def _compile_case(num_groups, backend, real_labels=True):
     """Compiled (fullgraph) against eager: values and gradients. Without ``num_groups`` the
@@ -766,37 +726,6 @@ def _compile_case(num_groups, backend, real_labels=True):
     (g_got,) = torch.autograd.grad(got, features)
     torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(g_got, g_eager, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
-def test_compile_fullgraph_matches_eager(num_groups):
-    _compile_case(num_groups, "aot_eager")
-
-
-@pytest.mark.slow
-@pytest.mark.inductor
-@pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
-def test_compile_fullgraph_inductor_matches_eager(num_groups):
-    _compile_case(num_groups, "inductor")
-
-
-@pytest.mark.parametrize("num_groups", [4, None], ids=["fused", "sort"])
-def test_autocast_bfloat16(num_groups):
-    linear = torch.nn.Linear(6, 5)
-    x = torch.randn(12, 6)
-    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 0, 3, 3])
-    if num_groups is None:
-        labels = labels.float()
-    module = GroupContrastiveLoss(num_groups=num_groups)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        features = linear(x)
-        assert features.dtype == torch.bfloat16
-        loss = module(features, labels)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    reference = module(features.detach().float(), labels)
-    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
-    loss.backward()
-    assert linear.weight.grad is not None and torch.isfinite(linear.weight.grad).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1028,3 +957,97 @@ def test_group_tables_grow_as_g_squared():
     levels = _grouped._Levels(g, torch.float32, torch.device("cpu"))
     sizes = {k: v.numel() for k, v in vars(levels).items() if isinstance(v, torch.Tensor)}
     assert max(sizes.values()) <= 3 * g * g, sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Group index >= G or < 0 (G = RANGE_G = 4 here)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+@pytest.mark.parametrize("validate", [False, True])
+def test_contrastive_rejects_out_of_range_groups(value, validate):
+    features = torch.randn(6, 3)
+    for loss_fn in (
+        GroupContrastiveLoss(RANGE_G, validate=validate), GroupContrastiveLoss(num_groups=RANGE_G)
+    ):
+        with pytest.raises(ValueError, match=range_error("labels")):
+            loss_fn(features, bad_groups(value))
+        with pytest.raises(ValueError, match=range_error("labels")):
+            loss_fn(features, bad_groups(value)[:, None])  # (N, 1) too
+    with pytest.raises(ValueError, match=range_error("labels")):
+        group_contrastive_loss(features, bad_groups(value), num_groups=RANGE_G)
+    with pytest.raises(ValueError, match=range_error("labels")):
+        group_contrastive_loss(features, bad_groups(value), num_groups=RANGE_G, chunk_size=2)
+    # Real-valued labels (Rank-N-Contrast) have no range: negative floats are fine.
+    assert torch.isfinite(GroupContrastiveLoss()(features, bad_groups(value).double()))
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupContrastiveLoss(10) positional, like DescendingSoftLabelLoss(10)
+# ---------------------------------------------------------------------------------------------
+def test_contrastive_num_groups_positional_or_keyword():
+    features, groups = torch.randn(8, 3), torch.arange(8) % 10
+    positional, keyword = GroupContrastiveLoss(10), GroupContrastiveLoss(num_groups=10)
+    assert positional.num_groups == keyword.num_groups == DescendingSoftLabelLoss(10).num_groups
+    assert torch.equal(positional(features, groups), keyword(features, groups))
+    assert GroupContrastiveLoss().num_groups is None
+    with pytest.raises(TypeError):
+        GroupContrastiveLoss(10, 0.1)  # the rest stay keyword-only
+    with pytest.raises(ValueError, match="num_groups"):
+        GroupContrastiveLoss(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+def contrastive_spec(name, labels, *, twin_reads_module=True, **kwargs):
+    """``GroupContrastiveLoss(**kwargs)`` on ``labels``; its twin passes the module's
+    hyper-parameters, or (``twin_reads_module=False``) only num_groups and reduction, so the
+    module's defaults must be the function's."""
+
+    def inputs(dtype, device):
+        return torch.randn(labels.shape[0], 4, dtype=dtype, device=device), labels.to(device)
+
+    def function(module, features, y):
+        if not twin_reads_module:
+            return group_contrastive_loss(
+                features, y, num_groups=module.num_groups, reduction=module.reduction
+            )
+        return group_contrastive_loss(
+            features, y, num_groups=module.num_groups, temperature=module.temperature,
+            similarity=module.similarity, reduction=module.reduction,
+            chunk_size=module.chunk_size, normalize=module.normalize,
+        )
+
+    return Spec(
+        name,
+        build=lambda **kw: GroupContrastiveLoss(**kwargs, **kw),
+        inputs=inputs,
+        function=function,
+        # The compiled graph may take the continuous kernel where eager takes the fused
+        # one (integer labels without num_groups): the same loss in another summation order.
+        compile_tol={"rtol": 1e-5, "atol": 1e-5},
+        # The reference is the float32 loss of the same bf16 features: only the loss's own
+        # work may differ, and it runs in float32.
+        autocast_tol=1e-5,
+        state_keys=frozenset(),
+        inductor=name in ("fused-defaults", "real"),
+    )
+
+
+TestBattery = battery(
+    contrastive_spec(
+        "fused-cosine", INT_LABELS["spread"], num_groups=G, temperature=0.3, similarity="cosine"
+    ),
+    contrastive_spec("fused-defaults", INT_LABELS["spread"], twin_reads_module=False, num_groups=G),
+    contrastive_spec(
+        "fused-chunked", INT_LABELS["spread"], num_groups=G, temperature=0.5, chunk_size=3
+    ),
+    contrastive_spec(
+        "inferred-cosine", INT_LABELS["spread"], temperature=0.3, similarity="cosine"
+    ),
+    contrastive_spec("inferred-defaults", INT_LABELS["spread"], twin_reads_module=False),
+    contrastive_spec("real", FLOAT_LABELS["float_ties"], temperature=0.2),
+    contrastive_spec(
+        "real-unnormalised", FLOAT_LABELS["float_distinct"], temperature=2.0, normalize=False
+    ),
+)

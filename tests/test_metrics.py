@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _references import ref_balanced_mae
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -332,3 +334,54 @@ def test_balanced_mae_equals_shot_metrics_bmae():
     want = shot_metrics(pred, target, target, bin_edges=edges)["bmae"]
     got = balanced_mae(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(edges))
     assert got.dtype == torch.float64 and got.item() == want
+
+
+# ---------------------------------------------------------------------------------------------
+# balanced_mae against a plain loop
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("column", [False, True])
+def test_balanced_mae_matches_loop(column):
+    target = torch.rand(200, dtype=torch.float64) ** 2 * 12 - 1  # some below / above the edges
+    pred = target + torch.randn(200, dtype=torch.float64)
+    edges = torch.tensor([0.0, 1.0, 2.5, 6.0, 10.0], dtype=torch.float64)
+    target = torch.cat([target, edges])  # labels on every edge
+    pred = torch.cat([pred, edges + 0.5])
+    ref = ref_balanced_mae(pred.tolist(), target.tolist(), edges.tolist())
+    args = (pred[:, None], target[:, None]) if column else (pred, target)
+    got = balanced_mae(*args, edges)
+    assert got.shape == () and got.dtype == torch.float64
+    assert math.isclose(got.item(), ref, rel_tol=1e-12)
+
+
+def test_balanced_mae_skips_empty_bins_and_weights_bins_equally():
+    edges = torch.tensor([0.0, 1.0, 2.0, 3.0])  # bin 1 is empty
+    target = torch.tensor([0.1, 0.2, 0.3, 0.4, 2.5])
+    pred = torch.tensor([0.1, 0.2, 0.3, 0.4, 4.5])  # bin 0: 0 error; bin 2: 2.0
+    assert balanced_mae(pred, target, edges).item() == 1.0
+
+
+def test_balanced_mae_float32_and_detached():
+    pred = torch.rand(10, requires_grad=True)
+    target = torch.rand(10)
+    got = balanced_mae(pred, target, torch.tensor([0.0, 0.5, 1.0]))
+    assert got.dtype == torch.float64 and not got.requires_grad
+
+
+def test_balanced_mae_shape_mismatch():
+    with pytest.raises(ValueError, match="same number of values"):
+        balanced_mae(torch.rand(5), torch.rand(6), torch.tensor([0.0, 0.5, 1.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# shot_metrics on labels in [0, 1] with the default bin_width=1
+# ---------------------------------------------------------------------------------------------
+def test_shot_metrics_warns_when_one_bin_holds_every_training_label():
+    y = torch.rand(100)
+    with pytest.warns(UserWarning, match=r"all 100 training labels fall in one bin .*bin_width="):
+        shot_metrics(y, y, y)
+    with pytest.warns(UserWarning, match="bin_edges= that split it"):
+        shot_metrics(y, y, y, bin_edges=[0.0, 5.0, 10.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shot_metrics(y, y, y, bin_width=0.1)
+        shot_metrics([1.0], [1.0], [3.0, 3.0, 3.0])  # equal labels: no bin width would help

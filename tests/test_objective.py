@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _bad_groups import OUT_OF_RANGE, bad_groups, fitted_binner, range_error
+from _battery import Spec, battery
 from _references import ref_expert_mse, ref_mixture_mse, ref_share_table
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -535,7 +537,7 @@ def test_one_group_batch():
 
 
 # ---------------------------------------------------------------------------------------------
-# Buffers, dtypes, state
+# Buffers, dtypes, state (device moves and autocast: TestBattery at the end)
 # ---------------------------------------------------------------------------------------------
 def test_state_dict_includes_binner_and_round_trips():
     criterion, head, features, target = make(tau=0.5)
@@ -557,12 +559,6 @@ def test_state_dict_includes_binner_and_round_trips():
     assert torch.equal(
         fresh(output, features, target).loss, criterion(output, features, target).loss
     )
-
-
-def test_buffers_move_with_device(device):
-    criterion = make(device, tau=0.5)[0]
-    for name, buf in criterion.named_buffers():
-        assert buf.device.type == device.type, name
 
 
 def test_to_float64():
@@ -588,17 +584,6 @@ def test_casting_the_loss_keeps_the_bin_edges(dtype):
     criterion = GroupDIRLoss(binner).to(dtype)
     assert criterion.binner.edges.dtype == torch.float64
     assert torch.equal(criterion.binner(y), before)
-
-
-def test_autocast_bf16(device):
-    criterion, head, features, target = make(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        output = head(features, criterion.binner(target))
-        out = criterion(output, features, target)
-    assert output.logits.dtype == torch.bfloat16
-    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
-    out.loss.backward()
-    assert torch.isfinite(features.grad).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -782,3 +767,175 @@ def test_recipe_is_unit_free(c, d, tau, n, seed):
     for name in ("loss", *PARTS):
         x, y = getattr(a, name).item(), getattr(b, name).item()
         assert math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-9), (name, x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Group index >= G or < 0
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+@pytest.mark.parametrize("validate", [False, True])
+@pytest.mark.parametrize("lambdas", ["all", "soft only", "grc only", "mse only"])
+def test_group_dir_loss_rejects_out_of_range_groups(value, validate, lambdas):
+    weights = {"all": {}, "soft only": {"lambda_grc": 0, "lambda_mse": 0, "lambda_mix": 0},
+               "grc only": {"lambda_soft": 0, "lambda_mse": 0, "lambda_mix": 0},
+               "mse only": {"lambda_grc": 0, "lambda_soft": 0, "lambda_mix": 0}}[lambdas]
+    criterion = GroupDIRLoss(fitted_binner(), validate=validate, **weights)
+    head = MultiExpertHead(3, G)
+    features, target = torch.randn(6, 3), torch.rand(6) * 10
+    output = head(features)  # no groups: the head itself does not check here
+    with pytest.raises(ValueError, match=range_error("groups")):
+        criterion(output, features, target, groups=bad_groups(value))
+    assert torch.isfinite(criterion(output, features, target, groups=bad_groups(0)).loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN/inf features with GroupDIRLoss(validate=True)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_validate_rejects_non_finite_features(bad):
+    criterion = GroupDIRLoss(fitted_binner(), validate=True)
+    head = MultiExpertHead(3, G)
+    features, target = torch.randn(6, 3), torch.rand(6) * 10
+    features[1, 2] = bad
+    with pytest.raises(ValueError, match=r"expected finite features, got 1 NaN/inf of 18"):
+        criterion(head(features, criterion.binner(target)), features, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Binner refitted after GroupDIRLoss(binner, tau=1); a saved tau loads
+# ---------------------------------------------------------------------------------------------
+def test_refitted_binner_moves_the_logit_adjustment():
+    binner = GroupBinner(G, low=0.0, high=10.0).fit(torch.linspace(0.0, 10.0, 100))
+    criterion = GroupDIRLoss(binner, tau=1.0, lambda_grc=0.0, lambda_mse=0.0, lambda_mix=0.0)
+    head = MultiExpertHead(3, G)
+    features, target = torch.randn(8, 3), torch.rand(8) * 10
+    groups = binner(target)
+    logits = head(features).logits
+
+    def expected(counts: torch.Tensor) -> torch.Tensor:
+        prior = counts.double().clamp_min(1) / counts.double().clamp_min(1).sum()
+        adjustment = prior.log().float()
+        return descending_soft_label_loss(logits, groups, logit_adjustment=adjustment)
+
+    before = criterion(head(features), features, target, groups=groups).soft
+    torch.testing.assert_close(before, expected(binner.counts).detach())
+    old_counts = binner.counts.clone()
+    binner.fit(torch.rand(300) ** 4 * 10)  # a skewed label set: other counts, same edges
+    assert not torch.equal(binner.counts, old_counts)
+    after = criterion(head(features), features, target, groups=groups).soft
+    torch.testing.assert_close(after, expected(binner.counts).detach())
+    assert not torch.allclose(after, before)
+
+
+def test_group_dir_loss_loads_tau():
+    binner = fitted_binner()
+    fresh = GroupDIRLoss(binner, tau=1.0)
+    fresh.load_state_dict(GroupDIRLoss(binner, tau=2.0).state_dict())
+    assert fresh.soft_label.tau == 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# head(...).prediction passed to GroupDIRLoss
+# ---------------------------------------------------------------------------------------------
+def test_prediction_instead_of_head_output_names_head_output():
+    criterion = GroupDIRLoss(fitted_binner())
+    head = MultiExpertHead(3, G)
+    features, target = torch.randn(6, 3), torch.rand(6) * 10
+    with pytest.raises(ValueError, match=r"expected output to be the HeadOutput .* got Tensor"):
+        criterion(head(features).prediction, features, target)
+    assert isinstance(head(features), HeadOutput)
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+def objective_inputs(dtype, device):
+    """A head's output as tensors (logits, experts), the backbone features, the target and
+    the groups (passed, so that no finite difference of the target crosses a bin edge)."""
+    n = 8
+    return (
+        torch.randn(n, G, dtype=dtype, device=device) * 2,
+        torch.randn(n, G, 1, dtype=dtype, device=device) * 3 + 5,
+        torch.randn(n, D, dtype=dtype, device=device),
+        torch.rand(n, dtype=dtype, device=device) * 10,
+        torch.arange(n, device=device) % G,
+    )
+
+
+def objective_call(criterion, logits, experts, features, target, groups):
+    output = HeadOutput(logits, experts, dirloss.functional.select_expert(experts, groups))
+    return criterion(output, features, target, groups)
+
+
+def objective_spec(name, tau=0.0, paper=False, **kwargs):
+    factory = GroupDIRLoss.paper if paper else GroupDIRLoss
+
+    def build():
+        binner = GroupBinner(G).fit(torch.rand(200, dtype=torch.float64) ** 2 * 10)
+        return factory(binner, tau=tau, **kwargs)
+
+    def fresh():  # another binner (edges, counts, label_std) and tau: overwritten by the load
+        binner = GroupBinner(G).fit(torch.rand(30, dtype=torch.float64) * 3 + 20)
+        return factory(binner, tau=1.0, **kwargs)
+
+    def function(criterion, logits, experts, features, target, groups):
+        """The terms one by one from the functional ops (the module fuses the head's three
+        into one autograd node)."""
+        binner, soft_label = criterion.binner, criterion.soft_label
+        target = target[:, None]  # (N, 1), as the experts' (N, G, 1)
+        unit = binner.label_std if criterion.standardize_mse else 1.0
+        zero = experts.new_zeros(())
+        grc = mse = soft = mix = zero
+        if criterion.lambda_grc:
+            contrastive = criterion.contrastive
+            grc = group_contrastive_loss(
+                features, groups, num_groups=G, temperature=contrastive.temperature,
+                similarity=contrastive.similarity,
+            )
+        if criterion.lambda_mse:
+            mse = expert_mse_loss(
+                experts, target, groups, table=criterion.expert_table, target_unit=unit
+            )
+        if criterion.lambda_soft:
+            adjustment = None
+            if tau and criterion.training:
+                counts = binner.counts.to(torch.float32).clamp_min(1.0)
+                adjustment = tau * (counts / counts.sum()).log()
+            soft = descending_soft_label_loss(
+                logits, groups, scale=soft_label.scale, step=soft_label.step,
+                logit_adjustment=adjustment, reduction=soft_label.reduction,
+            )
+        if criterion.lambda_mix:
+            mix = mixture_mse_loss(logits, experts, target, target_unit=unit)
+        loss = (
+            criterion.lambda_grc * grc + criterion.lambda_mse * mse
+            + criterion.lambda_soft * soft + criterion.lambda_mix * mix
+        )
+        return GroupDIRLossOutput(loss, grc.detach(), mse.detach(), soft.detach(), mix.detach())
+
+    return Spec(
+        name,
+        build=build,
+        inputs=objective_inputs,
+        function=function,
+        call=objective_call,
+        differentiable=lambda out: (out.loss,),
+        grad_inputs=(0, 1, 2, 3),
+        reductions=(),
+        # one analytic node for the head's terms, other kernels than the functional ops
+        exact_function=False,
+        function_tol=1e-10,
+        # loss and parts from inputs of a bf16 head and backbone; the target stays float32
+        autocast_inputs=(0, 1, 2),
+        fresh=fresh,
+        inductor=name == "recipe",
+    )
+
+
+TestBattery = battery(
+    objective_spec("recipe"),
+    objective_spec("paper", paper=True),
+    objective_spec("tau-sum", tau=0.5, soft_reduction="sum", expert_share=2.5),
+    objective_spec("cosine-unit-free", similarity="cosine", temperature=0.5,
+                   standardize_mse=False, lambda_mix=2.0, scale=2.0, step=2),
+)

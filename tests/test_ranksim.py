@@ -203,3 +203,18 @@ def test_descent_orders_features_like_labels():
         (100.0 * criterion(feats, y)).backward()  # gamma scales the blackbox perturbation
         opt.step()
     assert float(criterion(feats, y).detach()) < 0.2 * first
+
+
+def test_state_dict_repr_and_compiled_backward(device):
+    module = RankSimLoss(interpolation_lambda=1.5, unique_labels=False)
+    assert module.state_dict() == {}
+    RankSimLoss().load_state_dict(module.state_dict())
+    assert "interpolation_lambda=1.5" in repr(module) and "unique_labels=False" in repr(module)
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(8, 5, generator=gen).to(device)
+    y = torch.tensor([0.0, 0.4, 1.0, 1.7, 2.5, 3.1, 4.0, 4.2], device=device)
+    z1, z2 = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    module(z1, y).backward()
+    torch.compile(module, fullgraph=True, backend="aot_eager")(z2, y).backward()
+    torch.testing.assert_close(z2.grad, z1.grad, rtol=1e-5, atol=1e-6)

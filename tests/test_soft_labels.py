@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _bad_groups import OUT_OF_RANGE, G, bad_groups, range_error
+from _battery import Spec, battery
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,51 +252,8 @@ def test_large_scale_tends_to_cross_entropy():
 
 
 # ---------------------------------------------------------------------------------------------
-# Standard battery
+# Gradient, module, extremes, half precision (the rest of the battery: TestBattery below)
 # ---------------------------------------------------------------------------------------------
-def test_reductions(device):
-    logits = torch.randn(7, 4, device=device)
-    target = torch.randint(0, 4, (7,), device=device)
-    none = descending_soft_label_loss(logits, target, reduction="none")
-    mean = descending_soft_label_loss(logits, target, reduction="mean")
-    total = descending_soft_label_loss(logits, target, reduction="sum")
-    assert none.shape == (7,) and mean.shape == () and total.shape == ()
-    torch.testing.assert_close(total, none.sum())
-    torch.testing.assert_close(mean, none.mean())
-    torch.testing.assert_close(total, 7 * mean)
-    for reduction in ("none", "mean", "sum"):
-        module = DescendingSoftLabelLoss(4, reduction=reduction).to(device)
-        torch.testing.assert_close(
-            module(logits, target), descending_soft_label_loss(logits, target, reduction=reduction)
-        )
-
-
-@pytest.mark.parametrize("reduction", ["avg", "Mean", None, "batchmean"])
-def test_invalid_reduction(reduction):
-    with pytest.raises(ValueError, match="is not a valid value for reduction"):
-        descending_soft_label_loss(torch.randn(2, 3), torch.tensor([0, 1]), reduction=reduction)
-    with pytest.raises(ValueError, match="is not a valid value for reduction"):
-        DescendingSoftLabelLoss(3, reduction=reduction)
-
-
-@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_gradcheck(reduction):
-    logits = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    target = torch.tensor([0, 3, 1])
-    adj = torch.randn(4, dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda x: descending_soft_label_loss(x, target, scale=1.5, reduction=reduction), (logits,)
-    )
-    assert torch.autograd.gradcheck(
-        lambda x: descending_soft_label_loss(x, target, logit_adjustment=adj, reduction=reduction),
-        (logits,),
-    )
-    if reduction == "mean":
-        assert torch.autograd.gradgradcheck(
-            lambda x: descending_soft_label_loss(x, target, reduction=reduction), (logits,)
-        )
-
-
 def test_gradient_matches_softmax_minus_soft_label():
     logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     target = torch.randint(0, 5, (6,))
@@ -345,59 +304,6 @@ def test_bf16_logits_give_float32_loss(device):
     torch.testing.assert_close(loss, descending_soft_label_loss(logits.detach().float(), target))
     loss16 = descending_soft_label_loss(logits.detach().half(), target)
     assert loss16.dtype == torch.float32
-
-
-def test_autocast_bf16(device):
-    layer = torch.nn.Linear(8, 5).to(device)
-    module = DescendingSoftLabelLoss(5, group_counts=torch.tensor([5, 1, 0, 9, 2]), tau=1.0).to(
-        device
-    )
-    x = torch.randn(6, 8, device=device)
-    target = torch.randint(0, 5, (6,), device=device)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        logits = layer(x)
-        loss = module(logits, target)
-    assert logits.dtype == torch.bfloat16
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    assert torch.isfinite(layer.weight.grad).all()
-
-
-@pytest.mark.parametrize(
-    "backend",
-    ["aot_eager", pytest.param("inductor", marks=[pytest.mark.slow, pytest.mark.inductor])],
-)
-def test_compile_fullgraph_matches_eager(backend, device):
-    torch._dynamo.reset()
-    module = DescendingSoftLabelLoss(
-        5, scale=2.0, group_counts=torch.tensor([3, 1, 4, 1, 5]), tau=0.5
-    )
-    module = module.to(device)
-    compiled = torch.compile(module, fullgraph=True, backend=backend)
-    logits = torch.randn(9, 5, device=device)
-    target = torch.randint(0, 5, (9,), device=device)
-    torch.testing.assert_close(compiled(logits, target), module(logits, target))
-    if backend == "inductor":
-        return  # one inductor build is enough (CPU compile time)
-    fn = torch.compile(descending_soft_label_loss, fullgraph=True, backend=backend)
-    torch.testing.assert_close(
-        fn(logits, target, reduction="none"),
-        descending_soft_label_loss(logits, target, reduction="none"),
-    )
-
-
-def test_state_dict_round_trip():
-    counts = torch.tensor([10, 3, 0, 7])
-    module = DescendingSoftLabelLoss(4, scale=1.5, step=2, group_counts=counts, tau=0.7)
-    state = module.state_dict()
-    assert set(state) == {"table", "logit_tau", "logit_adjustment"}
-    fresh = DescendingSoftLabelLoss(4, scale=1.5, step=2, group_counts=torch.ones(4), tau=0.7)
-    fresh.load_state_dict(state)
-    logits = torch.randn(5, 4)
-    target = torch.tensor([0, 1, 2, 3, 3])
-    assert torch.equal(fresh(logits, target), module(logits, target))
-    keys = set(DescendingSoftLabelLoss(4).state_dict())
-    assert keys == {"table", "logit_tau", "logit_adjustment"}
 
 
 def test_empty_batch_and_batch_of_one(device):
@@ -551,3 +457,131 @@ def test_permutation_invariance(n, num_groups, seed, tau):
         )
     module.reduction = "sum"
     torch.testing.assert_close(module(logits, target), none.sum(), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Group index >= G or < 0
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+@pytest.mark.parametrize("validate", [False, True])
+def test_soft_label_loss_rejects_out_of_range_groups(value, validate):
+    logits = torch.randn(6, G)
+    with pytest.raises(ValueError, match=range_error("target")):
+        DescendingSoftLabelLoss(G, validate=validate)(logits, bad_groups(value))
+    with pytest.raises(ValueError, match=range_error("target")):
+        descending_soft_label_loss(logits, bad_groups(value))
+    with pytest.raises(ValueError, match=range_error("groups")):
+        descending_soft_labels(bad_groups(value), G)
+
+
+# ---------------------------------------------------------------------------------------------
+# DescendingSoftLabelLoss(10, tau=1.0) without group counts; counts passed to forward
+# ---------------------------------------------------------------------------------------------
+def test_tau_without_counts_raises():
+    with pytest.raises(ValueError, match=r"expected group_counts .* with tau > 0, got None"):
+        DescendingSoftLabelLoss(10, tau=1.0)
+    DescendingSoftLabelLoss(10, tau=0.0)  # off needs no counts
+    DescendingSoftLabelLoss(10, tau=1.0, group_counts=torch.arange(10))
+
+
+def test_forward_group_counts_override_the_stored_ones():
+    logits, target = torch.randn(5, G), torch.tensor([0, 1, 2, 3, 3])
+    stored = DescendingSoftLabelLoss(G, group_counts=torch.tensor([9, 1, 1, 1]), tau=0.5)
+    live = torch.tensor([1, 1, 1, 9])
+    reference = DescendingSoftLabelLoss(G, group_counts=live, tau=0.5)
+    torch.testing.assert_close(stored(logits, target, group_counts=live), reference(logits, target))
+    stored.eval()  # no adjustment outside training, counts or not
+    torch.testing.assert_close(
+        stored(logits, target, group_counts=live), descending_soft_label_loss(logits, target)
+    )
+    with pytest.raises(ValueError, match=r"expected group_counts of shape \(4,\)"):
+        stored.train()(logits, target, group_counts=torch.ones(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a tau=2 state_dict into a tau=1 loss
+# ---------------------------------------------------------------------------------------------
+def test_loaded_tau_is_the_saved_tau():
+    counts = torch.tensor([50, 10, 3, 30])
+    saved = DescendingSoftLabelLoss(G, group_counts=counts, tau=2.0)
+    logits, target = torch.randn(7, G), torch.randint(0, G, (7,))
+    for fresh in (
+        DescendingSoftLabelLoss(G, group_counts=torch.ones(G), tau=1.0),
+        DescendingSoftLabelLoss(G),  # built with tau = 0
+    ):
+        fresh.load_state_dict(saved.state_dict())
+        assert fresh.tau == 2.0 and "tau=2.0" in repr(fresh)
+        torch.testing.assert_close(fresh.logit_adjustment, saved.logit_adjustment)
+        assert torch.equal(fresh(logits, target), saved(logits, target))
+    off = DescendingSoftLabelLoss(G, group_counts=counts, tau=1.0)
+    off.load_state_dict(DescendingSoftLabelLoss(G).state_dict())
+    assert off.tau == 0.0
+    assert torch.equal(off(logits, target), descending_soft_label_loss(logits, target))
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.3, 2.0])
+def test_dirloss_0_1_checkpoint_recovers_tau(tau):
+    # 0.1 saved only the table and, with tau > 0, tau * log(prior).
+    counts = torch.tensor([50, 10, 0, 30])
+    state = dict(DescendingSoftLabelLoss(G, group_counts=counts, tau=tau).state_dict())
+    del state["logit_tau"]
+    if tau == 0:
+        del state["logit_adjustment"]
+    fresh = DescendingSoftLabelLoss(G, group_counts=torch.ones(G), tau=1.0)
+    fresh.load_state_dict(state)
+    assert fresh.tau == pytest.approx(tau, rel=1e-6, abs=1e-12)
+
+
+def test_tau_stays_float64_under_half():
+    module = DescendingSoftLabelLoss(G, group_counts=torch.tensor([3, 1, 1, 1]), tau=0.1).half()
+    assert module.logit_tau.dtype == torch.float64 and module.tau == 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+BATTERY_COUNTS = torch.tensor([9, 1, 0, 4, 2])
+SOFT_LABEL_KEYS = frozenset({"table", "logit_tau", "logit_adjustment"})
+
+
+def soft_label_inputs(dtype, device):
+    logits = torch.randn(7, 5, dtype=dtype, device=device) * 3
+    return logits, torch.tensor([0, 4, 1, 2, 2, 3, 0], device=device)
+
+
+def soft_label_spec(name, *, scale, step, tau=0.0, **extra):
+    counts = BATTERY_COUNTS if tau else None
+
+    def function(module, logits, target):
+        adjustment = None
+        if tau and module.training:  # the module adjusts while training only
+            c = counts.to(logits.device, torch.float32).clamp_min(1.0)
+            adjustment = tau * (c / c.sum()).log()
+        return descending_soft_label_loss(
+            logits, target, scale=scale, step=step, logit_adjustment=adjustment,
+            reduction=module.reduction,
+        )
+
+    return Spec(
+        name,
+        build=lambda **kw: DescendingSoftLabelLoss(
+            5, scale=scale, step=step, group_counts=counts, tau=tau, **kw
+        ),
+        inputs=soft_label_inputs,
+        function=function,
+        gradgrad=True,
+        state_keys=SOFT_LABEL_KEYS,
+        **extra,
+    )
+
+
+TestBattery = battery(
+    soft_label_spec("plain", scale=1.5, step=1),
+    soft_label_spec(
+        "adjusted", scale=2.0, step=2, tau=0.5, inductor=True,
+        # another table and adjustment, overwritten by the load
+        fresh=lambda: DescendingSoftLabelLoss(
+            5, scale=2.0, step=2, group_counts=torch.ones(5), tau=1.0
+        ),
+    ),
+)

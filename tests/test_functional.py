@@ -1,5 +1,8 @@
-"""The recipe's ops against plain float64 loops: expert_share_table, expert_mse_loss,
-mixture_mse_loss, combine_experts, balanced_mae and select_inference."""
+"""The recipe's functional ops against plain float64 loops: expert_share_table,
+expert_mse_loss, mixture_mse_loss and combine_experts (``dirloss.functional``).
+
+The soft-label and contrastive functions are tested with their modules
+(test_soft_labels.py, test_contrastive.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import math
 
 import pytest
 import torch
-from _references import ref_argmax, ref_expert_mse, ref_mixture_mse, ref_share_table
+from _bad_groups import OUT_OF_RANGE, G, bad_groups, range_error
+from _references import ref_combine, ref_expert_mse, ref_mixture_mse, ref_share_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dirloss import GroupBinner, InferenceChoice, MultiExpertHead, balanced_mae, select_inference
 from dirloss.functional import (
     INFERENCE_MODES,
     combine_experts,
@@ -19,72 +22,6 @@ from dirloss.functional import (
     expert_share_table,
     mixture_mse_loss,
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Reference: plain loops written straight from the definitions.
-# ---------------------------------------------------------------------------------------------
-def ref_combine(logits, experts, inference, adjustment=None):
-    """z~ = z - a; argmax: the expert of the largest z~; soft: sum_g softmax(z~)_g expert_g."""
-    out = []
-    for z, rows in zip(logits.double().tolist(), experts.double().tolist()):
-        if adjustment is not None:
-            z = [v - a for v, a in zip(z, adjustment.double().tolist())]
-        if inference == "argmax":
-            out.append(rows[ref_argmax(z)])
-            continue
-        m = max(z)
-        e = [math.exp(v - m) for v in z]
-        w = [v / sum(e) for v in e]
-        out.append([sum(w[g] * rows[g][o] for g in range(len(w))) for o in range(len(rows[0]))])
-    return out
-
-
-def ref_bin(y, edges):
-    """Bin k holds edges[k] <= y < edges[k+1]; below the first edge: 0; from the last: B-1."""
-    num_bins = len(edges) - 1
-    for k in range(num_bins - 1):
-        if y < edges[k + 1]:
-            return k
-    return num_bins - 1
-
-
-def ref_balanced_mae(pred, target, edges):
-    """Mean over the non-empty bins of the bin's mean |pred - y|."""
-    errors = {}
-    for p, y in zip(pred, target):
-        errors.setdefault(ref_bin(y, edges), []).append(abs(p - y))
-    return sum(sum(v) / len(v) for v in errors.values()) / len(errors)
-
-
-def ref_log_prior(counts):
-    c = [max(float(v), 1.0) for v in counts]
-    return [math.log(v / sum(c)) for v in c]
-
-
-def ref_scores(logits, experts, target, counts, edges, candidates):
-    """{(inference, tau): (bMAE, MAE)} of every candidate, from the loops above."""
-    log_prior = ref_log_prior(counts)
-    y = [float(v) for v in target.reshape(-1).tolist()]
-    scores = {}
-    for inference, tau in candidates:
-        adjustment = torch.tensor([tau * v for v in log_prior], dtype=torch.float64)
-        pred = [row[0] for row in ref_combine(logits, experts, inference, adjustment)]
-        mae = sum(abs(p - t) for p, t in zip(pred, y)) / len(y)
-        scores[(inference, float(tau))] = (ref_balanced_mae(pred, y, edges), mae)
-    return scores
-
-
-def ref_pick(scores, metric="bmae", max_mae_increase=None):
-    """The lowest metric among the candidates whose MAE is within the guard; ties: earliest."""
-    best_mae = min(mae for _, mae in scores.values())
-    limit = math.inf if max_mae_increase is None else best_mae * (1 + max_mae_increase)
-    index = 0 if metric == "bmae" else 1
-    best = None
-    for key, value in scores.items():  # in candidate order
-        if value[1] <= limit and (best is None or value[index] < scores[best][index]):
-            best = key
-    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +226,14 @@ def test_expert_mse_permutation_invariant(n, share, seed):
     assert math.isclose(a.item(), b.item(), rel_tol=1e-12, abs_tol=1e-15)
 
 
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_expert_mse_rejects_out_of_range_groups(value):
+    experts, target = torch.randn(6, G, 1), torch.randn(6, 1)
+    for table in (None, torch.eye(G)):
+        with pytest.raises(ValueError, match=range_error("groups")):
+            expert_mse_loss(experts, target, bad_groups(value), table=table)
+
+
 # ---------------------------------------------------------------------------------------------
 # mixture_mse_loss
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +379,26 @@ def test_mixture_mse_permutation_invariant(n, seed):
 
 
 # ---------------------------------------------------------------------------------------------
+# The deprecated scale= keyword of expert_mse_loss and mixture_mse_loss
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fn", ["expert", "mixture"])
+def test_scale_keyword_is_a_deprecated_alias_of_target_unit(fn):
+    experts = torch.randn(5, 3, 2, dtype=torch.float64)
+    target = torch.randn(5, 2, dtype=torch.float64)
+    if fn == "expert":
+        def loss(**kw):
+            return expert_mse_loss(experts, target, torch.tensor([0, 1, 2, 1, 0]), **kw)
+    else:
+        logits = torch.randn(5, 3, dtype=torch.float64)
+
+        def loss(**kw):
+            return mixture_mse_loss(logits, experts, target, **kw)
+    with pytest.warns(FutureWarning, match="use target_unit"):
+        old = loss(scale=2.5)
+    assert torch.equal(old, loss(target_unit=2.5))  # the same computation
+
+
+# ---------------------------------------------------------------------------------------------
 # combine_experts
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("out_features", [1, 3])
@@ -509,223 +474,3 @@ def test_combine_bad_shapes(logits_shape, experts_shape):
 def test_combine_bad_inference(inference):
     with pytest.raises(ValueError, match="inference"):
         combine_experts(torch.randn(2, 3), torch.randn(2, 3, 1), inference)
-
-
-# ---------------------------------------------------------------------------------------------
-# balanced_mae
-# ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("column", [False, True])
-def test_balanced_mae_matches_loop(column):
-    target = torch.rand(200, dtype=torch.float64) ** 2 * 12 - 1  # some below / above the edges
-    pred = target + torch.randn(200, dtype=torch.float64)
-    edges = torch.tensor([0.0, 1.0, 2.5, 6.0, 10.0], dtype=torch.float64)
-    target = torch.cat([target, edges])  # labels on every edge
-    pred = torch.cat([pred, edges + 0.5])
-    ref = ref_balanced_mae(pred.tolist(), target.tolist(), edges.tolist())
-    args = (pred[:, None], target[:, None]) if column else (pred, target)
-    got = balanced_mae(*args, edges)
-    assert got.shape == () and got.dtype == torch.float64
-    assert math.isclose(got.item(), ref, rel_tol=1e-12)
-
-
-def test_balanced_mae_skips_empty_bins_and_weights_bins_equally():
-    edges = torch.tensor([0.0, 1.0, 2.0, 3.0])  # bin 1 is empty
-    target = torch.tensor([0.1, 0.2, 0.3, 0.4, 2.5])
-    pred = torch.tensor([0.1, 0.2, 0.3, 0.4, 4.5])  # bin 0: 0 error; bin 2: 2.0
-    assert balanced_mae(pred, target, edges).item() == 1.0
-
-
-def test_balanced_mae_float32_and_detached():
-    pred = torch.rand(10, requires_grad=True)
-    target = torch.rand(10)
-    got = balanced_mae(pred, target, torch.tensor([0.0, 0.5, 1.0]))
-    assert got.dtype == torch.float64 and not got.requires_grad
-
-
-def test_balanced_mae_shape_mismatch():
-    with pytest.raises(ValueError, match="same number of values"):
-        balanced_mae(torch.rand(5), torch.rand(6), torch.tensor([0.0, 0.5, 1.0]))
-
-
-# ---------------------------------------------------------------------------------------------
-# select_inference
-# ---------------------------------------------------------------------------------------------
-def make_selection_case(num_groups=5, n_val=120):
-    """A trained-looking head whose inference settings give different validation scores."""
-    train = torch.rand(500, dtype=torch.float64) ** 3 * 10  # long-tailed toward high labels
-    binner = GroupBinner(num_groups).fit(train)
-    head = MultiExpertHead(3, num_groups, dtype=torch.float64)
-    with torch.no_grad():
-        centers = binner.centers.to(torch.float64)
-        head.base.weight.zero_()
-        head.base.bias.zero_()
-        head.experts.weight.normal_(0.0, 0.3)
-        head.experts.bias.copy_(centers)  # expert g predicts about its group's center
-        head.classifier.weight.normal_(0.0, 2.0)
-        head.classifier.bias.copy_(binner.counts.double().clamp_min(1).log())
-    features = torch.randn(n_val, 3, dtype=torch.float64)
-    target = torch.rand(n_val, dtype=torch.float64) ** 2 * 10
-    return head, binner, features, target
-
-
-CANDIDATES = [("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5), ("soft", 1.0)]
-
-
-@pytest.mark.parametrize("metric", ["bmae", "mae"])
-@pytest.mark.parametrize("guard", [None, 0.02, 0.2])
-def test_select_inference_matches_loop(metric, guard):
-    head, binner, features, target = make_selection_case()
-    with torch.no_grad():
-        out = head(features)
-    scores = ref_scores(
-        out.logits, out.experts, target, binner.counts.tolist(), binner.edges.tolist(), CANDIDATES
-    )
-    choice = select_inference(
-        head, features, target, binner, candidates=CANDIDATES, metric=metric,
-        max_mae_increase=guard,
-    )
-    assert isinstance(choice, InferenceChoice)
-    assert list(choice.scores) == list(scores)
-    for key, (bmae, mae) in scores.items():
-        assert math.isclose(choice.scores[key][0], bmae, rel_tol=1e-9), key
-        assert math.isclose(choice.scores[key][1], mae, rel_tol=1e-9), key
-    expected = ref_pick(scores, metric, guard)
-    assert (choice.inference, choice.tau) == expected
-    assert math.isclose(choice.score, scores[expected][0 if metric == "bmae" else 1], rel_tol=1e-9)
-    # the head is left with the chosen setting
-    assert head.inference == choice.inference and head.tau == choice.tau
-    with torch.no_grad():
-        pred = head(features).prediction
-    adjustment = torch.tensor(ref_log_prior(binner.counts.tolist()), dtype=torch.float64)
-    expected_pred = ref_combine(out.logits, out.experts, choice.inference, choice.tau * adjustment)
-    torch.testing.assert_close(pred, torch.tensor(expected_pred, dtype=torch.float64))
-
-
-def test_select_inference_picks_lowest_bmae_without_guard():
-    head, binner, features, target = make_selection_case()
-    choice = select_inference(
-        head, features, target, binner, candidates=CANDIDATES, max_mae_increase=None
-    )
-    assert choice.score == min(bmae for bmae, _ in choice.scores.values())
-
-
-def guard_case():
-    """Two groups (90 / 10 training samples). Validation: 80 majority samples the classifier
-    gets right at any tau, 20 majority samples it gets wrong with tau = 1, and 10 minority
-    samples it gets right only with tau = 1. tau = 1 halves the balanced MAE (0.5 -> 0.1) but
-    doubles the MAE (10/110 -> 20/110)."""
-    binner = GroupBinner(2, edges=[-0.5, 0.5, 1.5])
-    binner.fit(torch.cat([torch.zeros(90), torch.ones(10)]))
-    head = MultiExpertHead(1, 2, inference="soft", residual=False, dtype=torch.float64)
-    with torch.no_grad():
-        head.classifier.weight.copy_(torch.tensor([[0.0], [1.0]]))  # logits [0, x]
-        head.classifier.bias.zero_()
-        head.experts.weight.zero_()
-        head.experts.bias.copy_(torch.tensor([0.0, 1.0]))  # expert g predicts g
-    x = torch.tensor([-3.0] * 80 + [-1.5] * 20 + [-0.5] * 10, dtype=torch.float64)[:, None]
-    y = torch.tensor([0.0] * 100 + [1.0] * 10, dtype=torch.float64)
-    return head, binner, x, y
-
-
-def test_select_inference_mae_guard():
-    candidates = [("argmax", 0.0), ("argmax", 1.0)]
-    head, binner, x, y = guard_case()
-    choice = select_inference(head, x, y, binner, candidates=candidates, max_mae_increase=0.02)
-    bmae_plain, mae_plain = choice.scores[("argmax", 0.0)]
-    bmae_adjusted, mae_adjusted = choice.scores[("argmax", 1.0)]
-    assert math.isclose(bmae_plain, 0.5) and math.isclose(mae_plain, 10 / 110)
-    assert math.isclose(bmae_adjusted, 0.1) and math.isclose(mae_adjusted, 20 / 110)
-    # the lowest balanced MAE costs 100% more MAE: not chosen under a 2% guard ...
-    assert (choice.inference, choice.tau) == ("argmax", 0.0) and head.tau == 0.0
-    assert math.isclose(choice.score, 0.5)
-    # ... nor under the default guard, whatever its value below 100%
-    assert select_inference(head, x, y, binner, candidates=candidates).tau == 0.0
-    # chosen without the guard, or with a guard wide enough
-    for guard in (None, 1.5):
-        choice = select_inference(head, x, y, binner, candidates=candidates, max_mae_increase=guard)
-        assert (choice.inference, choice.tau) == ("argmax", 1.0) and head.tau == 1.0
-        assert head.inference == "argmax"
-        with torch.no_grad():
-            pred = head(x).prediction.reshape(-1)
-        assert torch.equal(pred, torch.tensor([0.0] * 80 + [1.0] * 30, dtype=torch.float64))
-
-
-def test_select_inference_ties_go_to_the_earlier_candidate():
-    head, binner, x, y = guard_case()
-    candidates = [("argmax", 0.0), ("soft", 0.0), ("argmax", 0.0)]
-    # a fresh head with zero experts: every candidate scores the same
-    with torch.no_grad():
-        head.experts.bias.zero_()
-    choice = select_inference(head, x, y, binner, candidates=candidates)
-    assert (choice.inference, choice.tau) == ("argmax", 0.0)
-
-
-def test_select_inference_bin_edges():
-    head, binner, features, target = make_selection_case()
-    edges = torch.tensor([0.0, 2.0, 4.0, 10.0], dtype=torch.float64)
-    choice = select_inference(
-        head, features, target, binner, candidates=CANDIDATES, bin_edges=edges,
-        max_mae_increase=None,
-    )
-    with torch.no_grad():
-        out = head(features)
-    scores = ref_scores(
-        out.logits, out.experts, target, binner.counts.tolist(), edges.tolist(), CANDIDATES
-    )
-    for key, (bmae, _) in scores.items():
-        assert math.isclose(choice.scores[key][0], bmae, rel_tol=1e-9), key
-
-
-def test_select_inference_leaves_weights_and_grad_alone():
-    head, binner, features, target = make_selection_case()
-    before = {k: v.clone() for k, v in head.named_parameters()}
-    features.requires_grad_()
-    select_inference(head, features, target, binner)
-    for k, v in head.named_parameters():
-        assert torch.equal(v, before[k]) and v.grad is None, k
-    assert features.grad is None
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"metric": "rmse"}, "metric"),
-        ({"candidates": []}, "candidate"),
-        ({"candidates": [("mean", 0.0)]}, "inference"),
-        ({"candidates": [("soft", -1.0)]}, "tau"),
-        ({"candidates": [("soft", float("nan"))]}, "tau"),
-        ({"max_mae_increase": -0.1}, "max_mae_increase"),
-        ({"max_mae_increase": float("inf")}, "max_mae_increase"),
-    ],
-)
-def test_select_inference_bad_arguments(kwargs, match):
-    head, binner, features, target = make_selection_case()
-    with pytest.raises(ValueError, match=match):
-        select_inference(head, features, target, binner, **kwargs)
-    assert head.inference == "soft" and head.tau == 0.0  # untouched
-
-
-def test_select_inference_bad_head_or_data():
-    _, binner, features, target = make_selection_case()
-    with pytest.raises(ValueError, match="out_features=1"):
-        select_inference(MultiExpertHead(3, 5, 2), features.float(), target, binner)
-    head = MultiExpertHead(3, 5)
-    with pytest.raises(ValueError, match="one target per feature row"):
-        select_inference(head, features.float(), target[:-1], binner)
-
-
-@pytest.mark.parametrize("fn", ["expert", "mixture"])
-def test_scale_keyword_is_a_deprecated_alias_of_target_unit(fn):
-    experts = torch.randn(5, 3, 2, dtype=torch.float64)
-    target = torch.randn(5, 2, dtype=torch.float64)
-    if fn == "expert":
-        def loss(**kw):
-            return expert_mse_loss(experts, target, torch.tensor([0, 1, 2, 1, 0]), **kw)
-    else:
-        logits = torch.randn(5, 3, dtype=torch.float64)
-
-        def loss(**kw):
-            return mixture_mse_loss(logits, experts, target, **kw)
-    with pytest.warns(FutureWarning, match="use target_unit"):
-        old = loss(scale=2.5)
-    assert torch.equal(old, loss(target_unit=2.5))  # the same computation
