@@ -437,7 +437,7 @@ def fit_gmm(
     Example:
         >>> y = torch.cat([torch.zeros(50), torch.ones(50)]) + 0.01 * torch.randn(100)
         >>> means, variances, weights = fit_gmm(y, 2)
-        >>> [round(float(m), 1) for m in means], [round(float(w), 2) for w in weights]
+        >>> [round(float(m), 1) + 0.0 for m in means], [round(float(w), 2) for w in weights]
         ([0.0, 1.0], [0.5, 0.5])
     """
     y = _training_labels(labels)
