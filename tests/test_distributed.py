@@ -26,8 +26,6 @@ labels when ``num_groups`` is not given), float labels the continuous one.
 from __future__ import annotations
 
 import re
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ import torch.distributed as dist
 # it, and gloo's worker threads, alive past destroy_process_group; a thread still releasing
 # a collective's tensors during interpreter shutdown then aborts the rank (SIGABRT).
 import torch.distributed.nn  # noqa: F401
-import torch.multiprocessing as mp
+from _gloo import WORLD, init_gloo, spawn_ranks
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -52,12 +50,7 @@ from dirloss.distributed import (
     is_distributed,
 )
 
-WORLD = 2
 ATOL = 1e-6
-# A hung collective raises after COLLECTIVE_TIMEOUT; the whole spawn is killed after
-# SPAWN_TIMEOUT (it takes ~10 s; a busy machine may take a few times that).
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
-SPAWN_TIMEOUT = 180.0
 IN, HIDDEN, FEATURES, GROUPS = 8, 16, 6, 5
 
 # name: (local batch sizes in rank order, label kind, similarity, chunk_size)
@@ -137,14 +130,7 @@ def _grads(model: nn.Module) -> list[Tensor]:
 
 
 def _worker(rank: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    # Rendezvous through a file of this run's tmp dir: no TCP port to pick (a port found
-    # free and handed to the workers can be taken by another process before rank 0 binds
-    # it) and no MASTER_ADDR / MASTER_PORT read from the environment.
-    dist.init_process_group(
-        "gloo", init_method=f"file://{Path(out_dir) / 'store'}", rank=rank, world_size=WORLD,
-        timeout=COLLECTIVE_TIMEOUT,
-    )
+    init_gloo(rank, out_dir)
     try:
         result: dict[str, Any] = {"is_distributed": is_distributed()}
         result["gather"] = _gather_case(rank)
@@ -236,21 +222,7 @@ def _binner_case(rank: int) -> dict[str, Any]:
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each rank of the 2-process gloo run saved, in rank order."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(
-        _worker, args=(str(out_dir),), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT
-    try:
-        # join raises if a rank fails (and then ends the others); False while they run
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the {WORLD} gloo workers did not finish in {SPAWN_TIMEOUT:.0f} s")
-    finally:  # no straggler outlives the test, whatever happened
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join(10)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_ranks(_worker, out_dir)
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ Float64 throughout; only the summation order differs (~1e-15), compared to 1e-10
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,13 @@ import torch.distributed as dist
 
 # Imported before any process group exists, as in tests/test_distributed.py (see there).
 import torch.distributed.nn  # noqa: F401
-import torch.multiprocessing as mp
+from _gloo import init_gloo, spawn_ranks
 from torch import Tensor
 
 from dirloss import FeatureDistributionSmoothing
 from dirloss.distributed import is_distributed
 
-WORLD = 2
 ATOL = 1e-10
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
-SPAWN_TIMEOUT = 180.0
 FEATURES = 3
 EDGES = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 SIZES = ((23, 11), (9, 17))  # per epoch, rank 0 then rank 1
@@ -77,11 +72,7 @@ def _train(fds: FeatureDistributionSmoothing, rank: int | None) -> dict[str, Any
 
 
 def _worker(rank: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{Path(out_dir) / 'store'}", rank=rank, world_size=WORLD,
-        timeout=COLLECTIVE_TIMEOUT,
-    )
+    init_gloo(rank, out_dir)
     try:
         result = {"is_distributed": is_distributed(), **_train(_fds(), rank)}
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -92,20 +83,7 @@ def _worker(rank: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out_dir = tmp_path_factory.mktemp("fds_ddp")
-    context = mp.start_processes(
-        _worker, args=(str(out_dir),), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the {WORLD} gloo workers did not finish in {SPAWN_TIMEOUT:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join(10)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_ranks(_worker, out_dir)
 
 
 @pytest.mark.slow

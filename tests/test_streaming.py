@@ -13,9 +13,7 @@ from __future__ import annotations
 import math
 import pickle
 import sys
-import time
 import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _gloo import init_gloo, spawn_ranks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,9 +275,6 @@ def test_torchmetrics_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
 # ---------------------------------------------------------------------------------------
 # 2 gloo processes: each rank streams its own share; compute() gives the global result.
 
-WORLD = 2
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
-SPAWN_TIMEOUT = 180.0
 # Rank 0: 9 rows in batches of 4, 4, 1; rank 1: 5 rows, or none at all ("idle").
 CASES = {"unequal": (9, 5), "idle": (9, 0)}
 
@@ -297,11 +292,7 @@ def _share(rank: int, sizes: tuple[int, int], t: torch.Tensor) -> torch.Tensor:
 
 
 def _worker(rank: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{Path(out_dir) / 'store'}", rank=rank, world_size=WORLD,
-        timeout=COLLECTIVE_TIMEOUT,
-    )
+    init_gloo(rank, out_dir)
     try:
         train, pred, y = _data()
         result: dict[str, Any] = {}
@@ -333,20 +324,7 @@ def _worker(rank: int, out_dir: str) -> None:
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each rank of the 2-process gloo run saved, in rank order."""
     out_dir = tmp_path_factory.mktemp("ddp-streaming")
-    context = mp.start_processes(
-        _worker, args=(str(out_dir),), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT
-    try:
-        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):
-            if time.monotonic() >= deadline:
-                pytest.fail(f"the {WORLD} gloo workers did not finish in {SPAWN_TIMEOUT:.0f} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-            process.join(10)
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_ranks(_worker, out_dir)
 
 
 def _expected(sizes: tuple[int, int]) -> dict[str, Any]:
