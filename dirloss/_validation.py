@@ -108,6 +108,28 @@ def as_vector(values: Any, name: str) -> np.ndarray:
     return array
 
 
+def fit_labels(labels: Any, buffer: Tensor) -> np.ndarray:
+    """Training labels for a ``fit`` that writes ``buffer``: a non-empty float64 vector of
+    finite values (a fit-time check, values read on the host), and real buffers to fill."""
+    if buffer.is_meta:
+        raise ValueError(
+            "expected real buffers to fit, got the meta device (call to_empty() first)"
+        )
+    y = as_float64_array(labels).reshape(-1)
+    if y.size == 0 or not np.isfinite(y).all():
+        raise ValueError(f"expected a non-empty array of finite labels, got {y.size} labels "
+                         f"with {int((~np.isfinite(y)).sum())} NaN/inf")
+    return y
+
+
+def equal_width_edges(y: np.ndarray, num_bins: int) -> Tensor:
+    """``num_bins + 1`` equal-width float64 edges over ``[min(y), max(y)]``, on the CPU."""
+    low, high = float(y.min()), float(y.max())
+    if not high > low:
+        raise ValueError(f"expected labels with more than one value (or bin_edges), got all {low}")
+    return torch.linspace(low, high, num_bins + 1, dtype=torch.float64)
+
+
 def _has_meta_buffer(module: nn.Module) -> bool:
     return any(b.is_meta for b in module.buffers(recurse=False))
 

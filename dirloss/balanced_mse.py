@@ -42,6 +42,7 @@ from ._validation import (
     as_float64_array,
     check_reduction,
     check_same_device,
+    equal_width_edges,
     reduce,
     without_autocast,
 )
@@ -390,9 +391,7 @@ class BNILoss(_NoiseScale):
         y = _training_labels(labels)
         edges = self._edges
         if edges is None:
-            if not y.max() > y.min():
-                raise ValueError(f"expected labels with more than one value, got all {y[0]}")
-            edges = np.linspace(y.min(), y.max(), self.num_bins + 1)
+            edges = equal_width_edges(y, self.num_bins).numpy()
         index = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, self.num_bins - 1)
         counts = np.bincount(index, minlength=self.num_bins)
         device = self.bin_centers.device

@@ -71,7 +71,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._validation import Float64Buffers, as_float64_array, check_same_device
+from ._validation import (
+    Float64Buffers,
+    as_float64_array,
+    check_same_device,
+    equal_width_edges,
+    fit_labels,
+)
 from .binning import GroupBinner
 from .distributed import is_distributed
 from .metrics import _check_edges
@@ -420,21 +426,9 @@ class FeatureDistributionSmoothing(Float64Buffers):
         Raises:
             ValueError: empty or non-finite labels; equal labels without ``bin_edges``.
         """
-        if self.bin_edges.is_meta:
-            raise ValueError(
-                "expected real buffers to fit, got the meta device (call to_empty() first)"
-            )
-        y = as_float64_array(labels).reshape(-1)
-        if y.size == 0 or not np.isfinite(y).all():
-            raise ValueError(f"expected a non-empty array of finite labels, got {y.size} labels "
-                             f"with {int((~np.isfinite(y)).sum())} NaN/inf")
+        y = fit_labels(labels, self.bin_edges)
         if self._given_edges is None:
-            low, high = float(y.min()), float(y.max())
-            if not high > low:
-                raise ValueError(
-                    f"expected labels with more than one value (or bin_edges), got all {low}"
-                )
-            self.bin_edges.copy_(torch.linspace(low, high, self.num_bins + 1, dtype=torch.float64))
+            self.bin_edges.copy_(equal_width_edges(y, self.num_bins))
             self._fitted = True
         return self
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import DeferredInit, as_float64_array
+from ._validation import DeferredInit, equal_width_edges, fit_labels
 from .metrics import _check_edges
 
 __all__ = [
@@ -326,22 +326,9 @@ class LabelDensityWeights(DeferredInit):
         Raises:
             ValueError: empty or non-finite labels; equal labels without ``bin_edges``.
         """
-        if self.bin_edges.is_meta:
-            raise ValueError(
-                "expected real buffers to fit, got the meta device (call to_empty() first)"
-            )
-        y = as_float64_array(labels).reshape(-1)
-        if y.size == 0 or not np.isfinite(y).all():
-            raise ValueError(f"expected a non-empty array of finite labels, got {y.size} labels "
-                             f"with {int((~np.isfinite(y)).sum())} NaN/inf")
+        y = fit_labels(labels, self.bin_edges)
         if self._given_edges is None:
-            low, high = float(y.min()), float(y.max())
-            if not high > low:
-                raise ValueError(
-                    f"expected labels with more than one value (or bin_edges), got all {low}"
-                )
-            edges = torch.linspace(low, high, self.num_bins + 1, dtype=torch.float64)
-            self.bin_edges.copy_(edges)
+            self.bin_edges.copy_(equal_width_edges(y, self.num_bins))
         bins = self._bin(torch.from_numpy(y).to(self.bin_edges.device))
         self.counts.copy_(torch.bincount(bins, minlength=self.num_bins))
         self.bin_weights.copy_(
