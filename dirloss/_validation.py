@@ -108,6 +108,22 @@ def as_vector(values: Any, name: str) -> np.ndarray:
     return array
 
 
+def check_sample_weight(
+    weight: Tensor | None, n: int, like: Tensor, work: torch.dtype
+) -> Tensor | None:
+    """Check per-sample loss weights: None, or a floating (N,) tensor on ``like``'s device."""
+    if weight is None:
+        return None
+    if weight.shape != (n,) or not weight.dtype.is_floating_point:
+        raise ValueError(
+            f"expected a floating-point weight of shape ({n},) (one per sample), got "
+            f"{weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    if weight.device != like.device:
+        raise ValueError(f"expected weight on {like.device}, got {weight.device}")
+    return weight.to(work)
+
+
 def fit_labels(labels: Any, buffer: Tensor) -> np.ndarray:
     """Training labels for a ``fit`` that writes ``buffer``: a non-empty float64 vector of
     finite values (a fit-time check, values read on the host), and real buffers to fill."""

@@ -22,6 +22,7 @@ from ._validation import (
     check_positive,
     check_reduction,
     check_same_device,
+    check_sample_weight,
 )
 
 __all__ = [
@@ -300,7 +301,7 @@ def expert_mse_loss(
     work = torch.promote_types(experts.dtype, torch.float32)  # fp32 under autocast
     unit = _target_unit(target_unit, scale, "expert_mse_loss", work)
     denominator = max(n * out_features, 1) * unit**2  # the mean, and 0 (not NaN) when empty
-    sample = _sample_weight(weight, n, experts, work)
+    sample = check_sample_weight(weight, n, experts, work)
     if table is None:
         pred = select_expert(experts, groups)
         if sample is None:
@@ -316,20 +317,6 @@ def expert_mse_loss(
         share = share * sample[:, None]
     squared = (experts.to(work) - target.to(work)[:, None, :]).square().sum(dim=2)
     return torch.dot(share.flatten(), squared.flatten()) / denominator
-
-
-def _sample_weight(weight: Tensor | None, n: int, like: Tensor, work: torch.dtype) -> Tensor | None:
-    """Check per-sample loss weights: None, or a floating (N,) tensor on ``like``'s device."""
-    if weight is None:
-        return None
-    if weight.shape != (n,) or not weight.dtype.is_floating_point:
-        raise ValueError(
-            f"expected a floating-point weight of shape ({n},) (one per sample), got "
-            f"{weight.dtype} of shape {tuple(weight.shape)}"
-        )
-    if weight.device != like.device:
-        raise ValueError(f"expected weight on {like.device}, got {weight.device}")
-    return weight.to(work)
 
 
 def _target_unit(
@@ -386,7 +373,7 @@ def mixture_mse_loss(
         raise ValueError(f"expected target of shape {tuple(pred.shape)}, got {tuple(target.shape)}")
     unit = _target_unit(target_unit, scale, "mixture_mse_loss", work)
     denominator = max(pred.numel(), 1) * unit**2
-    sample = _sample_weight(weight, pred.shape[0], experts, work)
+    sample = check_sample_weight(weight, pred.shape[0], experts, work)
     if sample is None:
         return F.mse_loss(pred, target.to(work), reduction="sum") / denominator
     return torch.dot(sample, (pred - target.to(work)).square().sum(dim=1)) / denominator
@@ -435,7 +422,7 @@ def weighted_mse_loss(
         )
     check_same_device("input", input, "target", target)
     work = torch.promote_types(input.dtype, torch.float32)  # fp32 under autocast
-    sample = _sample_weight(weight, input.shape[0], input, work)
+    sample = check_sample_weight(weight, input.shape[0], input, work)
     x, y = input.to(work), target.to(work)
     # an empty batch's mean is its sum: 0, not NaN, still in the graph
     how = "sum" if reduction == "mean" and input.numel() == 0 else reduction

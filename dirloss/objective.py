@@ -16,6 +16,7 @@ from ._validation import (
     check_group_targets,
     check_non_negative,
     check_same_device,
+    check_sample_weight,
     without_autocast,
 )
 from .binning import GroupBinner
@@ -301,7 +302,7 @@ class GroupDIRLoss(DeferredInit):
         soft = self.soft_label
         adjustment = soft._adjustment(self.binner.counts) if self.lambda_soft else None
         weights = (self.lambda_mse, self.lambda_soft, self.lambda_mix)
-        sample = DF._sample_weight(weight, n, experts, work)
+        sample = check_sample_weight(weight, n, experts, work)
         with without_autocast(experts.device.type):
             out = _HeadTerms.apply(  # type: ignore[no-untyped-call]
                 logits.to(work), experts.to(work), target.to(work),
