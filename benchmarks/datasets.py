@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from benchmarks import data as bd
+from dirloss import dir_split
 
 __all__ = [
+    "DIR_EVAL_FRACTION",
+    "PROTOCOLS",
     "DataSizes",
     "DataSpec",
     "Prepared",
@@ -30,6 +33,15 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+PROTOCOLS = ("natural", "dir")
+"""``natural``: the data set's own splits (random for the tables, as skewed as training);
+``dir``: balanced validation and test sets built by :func:`dirloss.dir_split` (STS-B-DIR is
+balanced already and keeps its splits under both)."""
+DIR_EVAL_FRACTION = 0.15
+"""Under ``dir``: ``per_bin`` is this fraction of the mean rows per shot bin (at least
+:data:`DIR_MIN_PER_BIN`), so validation and test each hold at most 15 % of the rows."""
+DIR_MIN_PER_BIN = 5
+DIR_SPLIT_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,20 +52,26 @@ class DataSpec:
         name: the result name (``<name>.json``, the tables' row label).
         spec: what :func:`benchmarks.data.load_dataset` loads.
         kind: ``"stsb"`` | ``"tabular"`` | ``"synthetic"`` (backbone widths, shot rule).
+        protocol: one of :data:`PROTOCOLS`, how validation and test are drawn.
     """
 
     name: str
     spec: str
     kind: str
+    protocol: str = "natural"
 
 
-def expand_datasets(entries: Sequence[str], data_dir: Path) -> list[DataSpec]:
-    """The ``--datasets`` entries as :class:`DataSpec` records, in order.
+def expand_datasets(
+    entries: Sequence[str], data_dir: Path, protocol: str = "natural"
+) -> list[DataSpec]:
+    """The ``--datasets`` entries as :class:`DataSpec` records, in order, under ``protocol``.
 
     ``all-tabular`` expands to the eight tables under ``<data_dir>/tabular``; a bare table
     name reads from there too; ``tabular:<dir>/<name>`` is any table in the split layout.
     Exits on an unknown entry or on a name given twice.
     """
+    if protocol not in PROTOCOLS:
+        raise SystemExit(f"unknown protocol {protocol!r}: expected one of {PROTOCOLS}")
     out: list[DataSpec] = []
     for entry in entries:
         if entry == "all-tabular":
@@ -75,7 +93,7 @@ def expand_datasets(entries: Sequence[str], data_dir: Path) -> list[DataSpec]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SystemExit(f"data set names must be unique, got {dupes} more than once")
-    return out
+    return [dataclasses.replace(d, protocol=protocol) for d in out]
 
 
 def _table(name: str, data_dir: Path) -> DataSpec:
@@ -131,6 +149,8 @@ def prepare(
     ``max_train`` keeps a seeded random subset of the training split (smoke runs only).
     """
     splits = bd.load_dataset(spec.spec, data_dir=data_dir, cache_dir=cache_dir)
+    if spec.protocol == "dir" and spec.kind != "stsb":
+        splits = rebalance(splits)
     x_tr, y_tr = splits.x_train, splits.y_train
     if max_train is not None and max_train < len(y_tr):
         rng = np.random.default_rng(0)
@@ -157,6 +177,29 @@ def prepare(
         unscale_b=mu * splits.y_std + splits.y_mean,
         shot_kwargs=shot,
         sizes=DataSizes(int(splits.x_train.shape[1]), *(int(len(y)) for _, y in raw.values())),
+    )
+
+
+def rebalance(splits: bd.Splits) -> bd.Splits:
+    r"""The ``dir`` protocol: pool the three splits and draw balanced validation and test sets
+    with :func:`dirloss.dir_split` over the shot bins of the pooled labels
+    (:func:`benchmarks.data.tabular_shot_kwargs`), ``per_bin`` :math:`= \max(5, \lfloor 0.15
+    N / B \rfloor)`, at most a third of a bin each, seed 0 (the same split for every
+    training seed, as the natural splits are fixed files). The features keep the loader's
+    scaling (training statistics of the natural split: no label of any split enters it)."""
+    x = np.concatenate([splits.x_train, splits.x_val, splits.x_test])
+    y = np.concatenate([splits.y_train, splits.y_val, splits.y_test])
+    edges = bd.tabular_shot_kwargs(splits.unscale(y.astype(np.float64)))["bin_edges"]
+    per_bin = max(DIR_MIN_PER_BIN, int(DIR_EVAL_FRACTION * len(y) / (len(edges) - 1)))
+    rows = dir_split(splits.unscale(y.astype(np.float64)), per_bin=per_bin, bin_edges=edges,
+                     seed=DIR_SPLIT_SEED)
+    parts = {s: (x[r.numpy()], y[r.numpy()]) for s, r in zip(SPLITS, rows[:3])}
+    return dataclasses.replace(
+        splits,
+        x_train=parts["train"][0], y_train=parts["train"][1],
+        x_val=parts["val"][0], y_val=parts["val"][1],
+        x_test=parts["test"][0], y_test=parts["test"][1],
+        info={**splits.info, "protocol": "dir", "per_bin": per_bin},
     )
 
 

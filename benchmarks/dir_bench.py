@@ -76,6 +76,7 @@ if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
 
 from benchmarks import data as bd  # noqa: E402
 from benchmarks.datasets import (  # noqa: E402
+    PROTOCOLS,
     DataSpec,
     check_data_present,
     expand_datasets,
@@ -108,7 +109,7 @@ DEFAULTS = {"seeds": 5, "select_seeds": 2, "max_grid": None, "stsb_epochs": STSB
 
 def plan_datasets(args: argparse.Namespace) -> list[DataSpec]:
     """Every data set named by ``--datasets``."""
-    return expand_datasets(args.datasets, bd.default_data_dir(args.data_dir))
+    return expand_datasets(args.datasets, bd.default_data_dir(args.data_dir), args.protocol)
 
 
 def train_config(kind: str, num_train: int, args: argparse.Namespace) -> TrainConfig:
@@ -226,9 +227,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--data-dir", default=None,
         help="data directory (default $DIRLOSS_DATA_DIR or <repo>/../shared/data)")
     add("--cache-dir", default=None, help="STS-B embedding cache (default ~/.cache/dirloss)")
-    add("--out-dir", default=str(DEFAULT_OUT),
-        help="where <dataset>.json/.md go (default benchmarks/results)")
-    add("--img-dir", default=str(DEFAULT_IMG), help="where the plots go (default docs/img)")
+    add("--protocol", choices=PROTOCOLS, default="natural",
+        help="natural: the data sets' own splits; dir: balanced validation and test sets "
+        "drawn by dirloss.dir_split (STS-B-DIR keeps its balanced splits)")
+    add("--out-dir", default=None,
+        help="where <dataset>.json/.md go (default benchmarks/results, and "
+        "benchmarks/results/dir under --protocol dir)")
+    add("--img-dir", default=None,
+        help="where the plots go (default docs/img, and docs/img/dir under --protocol dir)")
     add("--seeds", type=int, default=None, help="seeds per chosen setting (default 5; quick 2)")
     add("--select-seeds", type=int, default=None,
         help="seeds per grid setting for the selection on validation; their models of the "
@@ -258,6 +264,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="keep the other methods of a data set's earlier result in --out-dir (re-run some "
         "methods only)")
     args = p.parse_args(argv)
+    sub = "dir" if args.protocol == "dir" else ""
+    args.out_dir = args.out_dir or str(DEFAULT_OUT / sub)
+    args.img_dir = args.img_dir or str(DEFAULT_IMG / sub)
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, QUICK[key] if args.quick else default)

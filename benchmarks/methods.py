@@ -12,6 +12,10 @@ only the head and the loss differ:
                           CVPR 2022)
 ``ranksim``               linear head, MSE + RankSim on the backbone features (Gong et al.,
                           ICML 2022)
+``fds``                   linear head, MSE with FDS on the backbone features (50 bins;
+                          with or without LDS weights; Yang et al., ICML 2021)
+``conr``                  linear head, MSE + ConR on the backbone features (Keramati et al.,
+                          ICLR 2024; one view, threshold in standardised label units)
 ``rnc``                   linear head, MSE + the Rank-N-Contrast loss on the backbone features
                           with the *real-valued* labels (dirloss's continuous kernel), used as
                           a joint regulariser rather than RnC's two-stage pre-training
@@ -36,7 +40,7 @@ expert MSE in the targets' units) with ``lambda_mse`` = 10.
 A method is a :class:`Method`: a name, a small grid of hyper-parameter settings (at most six),
 its head and the function that builds its loss from one setting (one small function per
 method, no dispatch on names). Every loss is the package's (``dirloss``): the field's methods
-(LDS, Balanced MSE, RankSim) included; nothing here re-implements them.
+(LDS, FDS, Balanced MSE, RankSim, ConR) included; nothing here re-implements them.
 
 Targets are expected in standardised units (training mean 0, std 1), so the MSE starts near 1
 and the lambdas of the grid mean the same on every data set.
@@ -56,6 +60,8 @@ from torch import Tensor, nn
 from benchmarks.models import Regressor, mlp
 from dirloss import (
     BMCLoss,
+    ConRLoss,
+    FeatureDistributionSmoothing,
     GroupBinner,
     GroupContrastiveLoss,
     GroupDIRLoss,
@@ -84,6 +90,7 @@ __all__ = [
 ]
 
 DEFAULT_NUM_GROUPS = 10
+FDS_BINS = 50  # as LDS's: the official code's bins are one label unit, ~50-100 on the tables
 
 PAPER_INFERENCE: tuple[tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0))
 """``(mode, tau)`` inference candidates of the paper's head: argmax or soft mixture."""
@@ -173,6 +180,51 @@ def _rnc(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
     def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
         features, out = model(x)
         return F.mse_loss(out[:, 0], y) + weight * rnc(features, y)
+
+    return loss, []
+
+
+class _FDSLoss:
+    """FDS between backbone and head (training only; statistics from every training batch,
+    finalised by :meth:`end_epoch`, which the training loop calls after each epoch),
+    optionally with LDS weights on the MSE (the paper's LDS + FDS). The FDS module is built
+    at the first batch, when the feature width is known."""
+
+    def __init__(self, params: Mapping[str, Any], y_train: Tensor) -> None:
+        self.sigma = float(params["sigma"])
+        self.y_train = y_train
+        self.weights = (LabelDensityWeights(FDS_BINS, sigma=self.sigma).fit(y_train)
+                        if params.get("lds") else None)
+        self.fds: FeatureDistributionSmoothing | None = None
+
+    def __call__(self, model: Regressor, x: Tensor, y: Tensor) -> Tensor:
+        features = model.backbone(x)
+        if self.fds is None:
+            self.fds = FeatureDistributionSmoothing(
+                features.shape[1], FDS_BINS, sigma=self.sigma).fit(self.y_train)
+        self.fds.update(features, y)
+        err = (model.head(self.fds(features, y))[:, 0] - y) ** 2
+        return (err * self.weights(y)).mean() if self.weights is not None else err.mean()
+
+    def end_epoch(self) -> None:
+        if self.fds is not None:
+            self.fds.step_epoch()
+
+
+def _fds(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
+    return _FDSLoss(params, y_train), []
+
+
+def _conr(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
+    """MSE + beta * ConR on the backbone features, one view (tables have no augmentation);
+    the predictions only pick the confused pairs, so they enter detached."""
+    conr = ConRLoss(threshold=float(params["threshold"]))
+    beta = float(params["beta"])
+
+    def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
+        features, out = model(x)
+        pred = out[:, 0]
+        return F.mse_loss(pred, y) + beta * conr(features, y, pred.detach())
 
     return loss, []
 
@@ -324,6 +376,8 @@ METHODS: dict[str, Method] = {
                # tuned while the gradient was mostly 0) ruins the fit; validation picks here.
                _grid(gamma=(0.1, 0.3, 1.0, 3.0, 10.0, 30.0), interpolation_lambda=(2.0,)),
                _ranksim),
+        Method("fds", "FDS (+ LDS)", _grid(lds=(False, True), sigma=(1.0, 2.0)), _fds),
+        Method("conr", "MSE + ConR", _grid(threshold=(0.1, 0.3), beta=(0.1, 1.0, 4.0)), _conr),
         Method("rnc", "MSE + RnC (float labels)",
                _grid(temperature=(0.1, 1.0), weight=(0.1, 1.0)), _rnc),
         Method("group-dir", "Group-DIR (full)", _GROUPED_GRID,

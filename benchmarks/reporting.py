@@ -66,9 +66,10 @@ def markdown_table(result: DatasetResult) -> str:
     lines = [
         f"### {result.dataset}",
         "",
-        f"Test split: many / medium / few = {counts['many']} / {counts['medium']} / "
-        f"{counts['few']} samples; {result.protocol.seeds} seeds (mean ± std); selection on "
-        f"validation bMAE; wall time {result.wall_seconds:.0f} s.",
+        f"Test split ({result.protocol.split} protocol): many / medium / few = "
+        f"{counts['many']} / {counts['medium']} / {counts['few']} samples; "
+        f"{result.protocol.seeds} seeds (mean ± std); selection on validation bMAE; "
+        f"wall time {result.wall_seconds:.0f} s.",
         "",
         "| method | chosen setting | MAE all | MAE many | MAE med. | MAE few | bMAE | GM all |"
         + (" Pearson |" if stsb else ""),
@@ -167,7 +168,7 @@ def plot_per_bin(result: DatasetResult, path: Path,
     return path
 
 
-MERGE_KEYS = ("seeds", "select_seeds", "config", "max_grid", "max_train", "quick")
+MERGE_KEYS = ("seeds", "select_seeds", "config", "max_grid", "max_train", "quick", "split")
 """The protocol fields two results must share to be merged."""
 
 

@@ -65,6 +65,7 @@ class Protocol:
     config: TrainConfig
     optimizer: str
     target_scaling: dict[str, float]  # {"a", "b"}: label = a * standardised + b
+    split: str = "natural"  # benchmarks.datasets.PROTOCOLS; older files: natural
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

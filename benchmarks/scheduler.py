@@ -177,6 +177,7 @@ class DatasetRun:
                 select_seeds=opts.select_seeds, max_grid=opts.max_grid, quick=opts.quick,
                 max_train=opts.max_train, config=self.config, optimizer=OPTIMIZER,
                 target_scaling={"a": data.unscale_a, "b": data.unscale_b},
+                split=self.spec.protocol,
             ),
             data=data.sizes, shot=shot,
             region_counts={s: bd.shot_region_counts(train, data.labels[s], **data.shot_kwargs)

@@ -70,7 +70,10 @@ def optimise(
 ) -> tuple[float, bool]:
     """The shared training loop: Adam with a cosine-annealed learning rate over all steps,
     batch order from a generator seeded with ``seed``, the last incomplete batch kept unless
-    it holds a single sample. Returns the last epoch's loss and whether it stayed finite."""
+    it holds a single sample. A loss with an ``end_epoch`` attribute has it called after each
+    epoch (FDS finalises its statistics there). Returns the last epoch's loss and whether it
+    stayed finite."""
+    end_epoch = getattr(loss_fn, "end_epoch", None)
     params = [*model.parameters(), *extra]
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=weight_decay)
     n = x.shape[0]
@@ -92,6 +95,8 @@ def optimise(
             loss.backward()
             optimizer.step()
             scheduler.step()
+        if end_epoch is not None:
+            end_epoch()
         last = float(loss.detach())
         if not math.isfinite(last):
             return last, False

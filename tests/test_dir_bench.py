@@ -84,6 +84,57 @@ def test_every_loss_trains_a_step_and_is_finite():
         assert np.isfinite(predict(model, x)).all()
 
 
+def test_fds_steps_its_statistics_each_epoch_and_calibrates_only_in_training():
+    """The FDS method finalises its statistics after every epoch (optimise calls the loss's
+    end_epoch) and the trained model predicts without it (the identity at inference)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = (x[:, 0] - x[:, 0].mean()) / x[:, 0].std()
+    m = METHODS["fds"]
+    loss, _ = make_loss(m, m.grid[0], y, seed=0)
+    model = build_model(m, m.grid[0], 5, (16, 8), seed=0)
+    from benchmarks.training import optimise
+
+    optimise(model, loss, [], x, y, TrainConfig(hidden=(16, 8), epochs=3, batch_size=32), seed=0)
+    fds = loss.fds
+    assert int(fds.epoch) == 3 and fds.calibrating
+    with torch.no_grad():
+        features, out = model(x)
+        torch.testing.assert_close(out, model.head(features), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not HAS_TABULAR, reason=f"no tabular data at {TABULAR}")
+def test_dir_protocol_balances_validation_and_test():
+    """Under --protocol dir a table's rows are pooled and re-split: the same rows in all,
+    disjoint splits, validation and test balanced over the shot bins (at most per_bin rows
+    in a bin, at most a third of it each), the same split every time."""
+    natural = prepare(DataSpec("concreteStrength", f"tabular:{TABULAR / 'concreteStrength'}",
+                               "tabular"), data_dir=None, cache_dir=None)
+    spec = expand_datasets(["concreteStrength"], TABULAR.parent, "dir")[0]
+    assert spec.protocol == "dir"
+    data = prepare(spec, data_dir=None, cache_dir=None)
+    assert sum(len(v) for v in data.labels.values()) == sum(
+        len(v) for v in natural.labels.values())
+    pooled = np.sort(np.concatenate(list(data.labels.values())))
+    np.testing.assert_allclose(pooled, np.sort(np.concatenate(list(natural.labels.values()))),
+                               rtol=1e-6)
+    edges = bd.tabular_shot_kwargs(pooled)["bin_edges"]
+    counts = {s: np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0]
+              for s, v in data.labels.items()}
+    total = sum(counts.values())
+    per_bin = counts["val"].max()
+    assert 5 <= per_bin < len(data.labels["train"]) / 10
+    for split in ("val", "test"):
+        assert (counts[split] <= np.minimum(per_bin, total // 3)).all()
+    # bins with enough rows give per_bin to each evaluation split
+    full = total >= 3 * per_bin
+    assert (counts["val"][full] == per_bin).all() and (counts["test"][full] == per_bin).all()
+    again = prepare(spec, data_dir=None, cache_dir=None)
+    np.testing.assert_array_equal(again.labels["test"], data.labels["test"])
+    with pytest.raises(SystemExit, match="unknown protocol"):
+        expand_datasets(["concreteStrength"], TABULAR.parent, "balanced")
+
+
 def test_same_data_order_per_seed(monkeypatch):
     """The batch order depends on the seed only, not on the method."""
     seen = {}
