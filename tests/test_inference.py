@@ -316,3 +316,89 @@ def test_select_inference_bad_head_or_data():
     head = MultiExpertHead(3, 5)
     with pytest.raises(ValueError, match="one target per feature row"):
         select_inference(head, features.float(), target[:-1], binner)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tail operating point: metric="few" over the rare groups
+# ---------------------------------------------------------------------------------------------
+def ref_rare(counts, fraction=0.2):
+    """Rare groups by the field's rule: n_g < f N / G, else n_g < N / G."""
+    share = sum(counts) / len(counts)
+    mask = [n < fraction * share for n in counts]
+    return mask if any(mask) else [n < share for n in counts]
+
+
+def ref_group_of(y, edges):
+    """Group of a label: the last inner edge at or below it (ends clamp)."""
+    g = 0
+    for k, e in enumerate(edges[1:-1], start=1):
+        if y >= e:
+            g = k
+    return g
+
+
+def ref_few_scores(logits, experts, target, counts, edges, candidates):
+    """{(inference, tau): mean over the rare groups present of the group's mean |error|}."""
+    rare = ref_rare(counts)
+    log_prior = ref_log_prior(counts)
+    y = [float(v) for v in target.reshape(-1).tolist()]
+    out = {}
+    for inference, tau in candidates:
+        adjustment = torch.tensor([tau * v for v in log_prior], dtype=torch.float64)
+        pred = [row[0] for row in ref_combine(logits, experts, inference, adjustment)]
+        per_group = {}
+        for p, t in zip(pred, y):
+            g = ref_group_of(t, edges)
+            if rare[g]:
+                per_group.setdefault(g, []).append(abs(p - t))
+        means = [sum(v) / len(v) for v in per_group.values()]
+        out[(inference, float(tau))] = sum(means) / len(means) if means else math.nan
+    return out
+
+
+@pytest.mark.parametrize(("counts", "expected"), [
+    ([500, 300, 160, 30, 10], [False, False, False, True, True]),
+    ([30, 25, 25, 20], [False, False, False, True]),  # none below N/(5G): below N/G
+    ([10, 10], [False, False]),  # uniform: no tail
+    ([90, 0, 10], [False, True, False]),  # an empty group is rare (10 < 6.7 is not)
+])
+def test_rare_groups_by_hand(counts, expected):
+    from dirloss.inference import rare_groups
+
+    assert rare_groups(torch.tensor(counts)).tolist() == expected == ref_rare(counts)
+
+
+@pytest.mark.parametrize("guard", [None, 0.02, 0.2])
+def test_select_inference_few_matches_loop(guard):
+    head, binner, features, target = make_selection_case(n_val=400)
+    with torch.no_grad():
+        out = head(features)
+    counts, edges = binner.counts.tolist(), binner.edges.tolist()
+    scores = ref_scores(out.logits, out.experts, target, counts, edges, CANDIDATES)
+    few = ref_few_scores(out.logits, out.experts, target, counts, edges, CANDIDATES)
+    assert any(ref_rare(counts)) and all(math.isfinite(v) for v in few.values())
+    choice = select_inference(head, features, target, binner, candidates=CANDIDATES,
+                              metric="few", max_mae_increase=guard)
+    assert list(choice.few_scores) == list(few)
+    for key, value in few.items():
+        assert math.isclose(choice.few_scores[key], value, rel_tol=1e-9), key
+    best_mae = min(m for _, m in scores.values())
+    limit = math.inf if guard is None else best_mae * (1 + guard)
+    allowed = [k for k in CANDIDATES if scores[k][1] <= limit]
+    expected = min(allowed, key=lambda k: few[k])
+    assert (choice.inference, choice.tau) == expected
+    assert math.isclose(choice.score, few[expected], rel_tol=1e-9)
+    assert (head.inference, head.tau) == expected
+
+
+def test_select_inference_few_without_rare_validation_rows_raises():
+    train = torch.cat([torch.rand(900) * 0.5, 0.5 + torch.rand(30) * 0.5])  # rare upper half
+    binner = GroupBinner(2).fit(train)
+    head = MultiExpertHead(3, num_groups=2)
+    features, target = torch.randn(40, 3), torch.rand(40) * 0.4  # none in the rare group
+    with pytest.raises(ValueError, match="metric='few' needs validation rows in the rare"):
+        select_inference(head, features, target, binner, metric="few")
+    assert_untouched(head)
+    # the other metrics still score it, with NaN few-shot scores
+    choice = select_inference(head, features, target, binner)
+    assert all(math.isnan(v) for v in choice.few_scores.values())
