@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from ._grouped import (
     _LINEAR_LOGIT_RANGE,
+    Anchors,
     _chunks,
     _linear_shift,
     _normalise,
@@ -60,15 +61,8 @@ class _Continuous(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        x_c: Tensor,
-        y_c: Tensor,
-        offset: int,
-        n_anchors: int,
-        kind: str,
-        temperature: float,
-    ) -> Tensor:
+    def forward(ctx: Any, x_c: Tensor, y_c: Tensor, anchors: Anchors) -> Tensor:
+        offset, n_anchors, kind, temperature = anchors
         n_total = x_c.shape[0]
         order = y_c[:, 0].argsort(stable=True)  # the contrast set in label order
         positions = torch.arange(n_total, device=order.device)
@@ -114,7 +108,7 @@ class _Continuous(torch.autograd.Function):
             grad_z.index_add_(0, where, g @ z)
         del g
         grad_x = _normalise_backward(z, norm, grad_z)
-        return grad_x.index_select(0, rank), None, None, None, None, None
+        return grad_x.index_select(0, rank), None, None
 
 
 def _runs(
@@ -186,6 +180,6 @@ def continuous(
     kept for backward plus a row block's temporaries.
     """
     out = _Continuous.apply(  # type: ignore[no-untyped-call]
-        x_c, y_c, offset, n_anchors, kind, temperature
+        x_c, y_c, Anchors(offset, n_anchors, kind, temperature)
     )
     return out  # type: ignore[no-any-return]

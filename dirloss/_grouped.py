@@ -16,12 +16,23 @@ shape (n,) (N - 1 taken as 1 for a single sample).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+
+class Anchors(NamedTuple):
+    """The non-tensor arguments both kernels' autograd Functions take: the anchors, rows
+    ``offset .. offset + n_anchors - 1`` of the contrast set, and the similarity ``kind``
+    at ``temperature``. (Tensors must stay direct arguments, so autograd tracks them.)"""
+
+    offset: int
+    n_anchors: int
+    kind: str
+    temperature: float
 
 
 def similarity(z_a: Tensor, z_c: Tensor, kind: str, temperature: float) -> Tensor:
@@ -169,16 +180,14 @@ class _GroupContrast(torch.autograd.Function):
         ctx: Any,
         x_c: Tensor,
         y_c: Tensor,
-        offset: int,
-        n_anchors: int,
+        anchors: Anchors,
         num_groups: int,
-        kind: str,
-        temperature: float,
         chunk_size: int | None,
         reduction: str,
     ) -> Tensor:
         # The anchors are a slice of the contrast set, passed once (compile needs distinct
         # inputs); their gradient is folded back into that slice in backward.
+        offset, n_anchors, kind, temperature = anchors
         z_c, norm = _normalise(x_c)
         levels = _levels(num_groups, z_c.dtype, z_c.device)
         one_hot = levels.one_hot(y_c)
@@ -233,7 +242,7 @@ class _GroupContrast(torch.autograd.Function):
                 grad_z.addmm_(g.T, z_c[lo:hi])
                 grad_z[lo:hi].addmm_(g, z_c)
         grad_x = _normalise_backward(z_c, norm, grad_z)
-        return grad_x, None, None, None, None, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 def _normalise(x_c: Tensor) -> tuple[Tensor, Tensor]:
@@ -378,6 +387,7 @@ def grouped(
     processes the anchors in row blocks: peak memory O(chunk_size * N).
     """
     out = _GroupContrast.apply(  # type: ignore[no-untyped-call]
-        x_c, y_c, offset, n_anchors, num_groups, kind, temperature, chunk_size, reduction
+        x_c, y_c, Anchors(offset, n_anchors, kind, temperature), num_groups, chunk_size,
+        reduction,
     )
     return out  # type: ignore[no-any-return]

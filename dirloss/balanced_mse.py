@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._fitted import Fitted, check_num_bins
 from ._validation import (
     DeferredInit,
     as_float64_array,
@@ -329,7 +330,7 @@ def _training_labels(labels: Any) -> np.ndarray:
     return y
 
 
-class BNILoss(_NoiseScale):
+class BNILoss(_NoiseScale, Fitted):
     r"""Balanced MSE with bin-based numerical integration; see :func:`bni_loss`.
 
     :meth:`fit` histograms the training labels into ``num_bins`` equal-width bins over their
@@ -356,6 +357,7 @@ class BNILoss(_NoiseScale):
 
     bin_centers: Tensor
     bin_probs: Tensor
+    _fitted_by = "bin_probs"
 
     def __init__(
         self,
@@ -368,14 +370,7 @@ class BNILoss(_NoiseScale):
     ) -> None:
         super().__init__(init_noise_sigma, learnable, reduction)
         self._edges = None if bin_edges is None else _check_edges(bin_edges)
-        if self._edges is None and (
-            isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1
-        ):
-            raise ValueError(f"expected num_bins >= 1 or bin_edges, got {num_bins!r}")
-        bins = self._edges.size - 1 if self._edges is not None else int(num_bins)  # type: ignore[arg-type]
-        if self._edges is not None and num_bins is not None and num_bins != bins:
-            raise ValueError(f"expected num_bins = len(bin_edges) - 1 = {bins}, got {num_bins}")
-        self.num_bins = bins
+        self.num_bins = bins = check_num_bins(num_bins, self._edges)
         self.register_buffer("bin_centers", torch.full((bins,), math.nan, dtype=torch.float64))
         self.register_buffer("bin_probs", torch.full((bins,), math.nan, dtype=torch.float64))
         self._fitted = False
@@ -401,15 +396,9 @@ class BNILoss(_NoiseScale):
         return self
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        if not self._fitted and not self.bin_probs.is_meta:
-            raise RuntimeError("BNILoss has no histogram yet: call fit(train_labels) first")
+        self._require_fitted("BNILoss has no histogram yet: call fit(train_labels) first")
         return bni_loss(input, target, noise_var=self.noise_var, bin_centers=self.bin_centers,
                         bin_probs=self.bin_probs, reduction=self.reduction)
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kw: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
-        if not self.bin_probs.is_meta:  # a host read at load time, never in forward
-            self._fitted = bool(torch.isfinite(self.bin_probs).all())
 
 
 def fit_gmm(
@@ -464,7 +453,7 @@ def fit_gmm(
     return tuple(torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (mu, var, phi))  # type: ignore[return-value]
 
 
-class GAILoss(_NoiseScale):
+class GAILoss(_NoiseScale, Fitted):
     r"""Balanced MSE with GMM-based analytic integration; see :func:`gai_loss`.
 
     :meth:`fit` fits a ``num_components`` Gaussian mixture to the training labels
@@ -484,6 +473,7 @@ class GAILoss(_NoiseScale):
     gmm_means: Tensor
     gmm_variances: Tensor
     gmm_weights: Tensor
+    _fitted_by = "gmm_means"
 
     def __init__(
         self,
@@ -539,13 +529,7 @@ class GAILoss(_NoiseScale):
         return self
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        if not self._fitted and not self.gmm_means.is_meta:
-            raise RuntimeError("GAILoss has no mixture yet: call fit(train_labels) first")
+        self._require_fitted("GAILoss has no mixture yet: call fit(train_labels) first")
         return gai_loss(input, target, noise_var=self.noise_var, means=self.gmm_means,
                         variances=self.gmm_variances, weights=self.gmm_weights,
                         reduction=self.reduction)
-
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kw: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
-        if not self.gmm_means.is_meta:
-            self._fitted = bool(torch.isfinite(self.gmm_means).all())

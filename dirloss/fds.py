@@ -71,13 +71,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._validation import (
-    Float64Buffers,
-    as_float64_array,
-    check_same_device,
-    equal_width_edges,
-    fit_labels,
-)
+from ._fitted import LabelBins
+from ._validation import Float64Buffers, as_float64_array, check_same_device
 from .binning import GroupBinner
 from .distributed import is_distributed
 from .metrics import _check_edges
@@ -206,7 +201,7 @@ def _check_clip(clip: Any) -> tuple[float, float] | None:
     return low, high
 
 
-class FeatureDistributionSmoothing(Float64Buffers):
+class FeatureDistributionSmoothing(LabelBins, Float64Buffers):
     r"""FDS: calibrates training features with per-bin statistics smoothed across label bins.
 
     The method, its official behaviour and what differs on purpose are in the module
@@ -272,7 +267,6 @@ class FeatureDistributionSmoothing(Float64Buffers):
         True
     """
 
-    bin_edges: Tensor
     running_mean: Tensor
     running_var: Tensor
     smoothed_mean: Tensor
@@ -288,6 +282,7 @@ class FeatureDistributionSmoothing(Float64Buffers):
         "bin_edges", "running_mean", "running_var", "smoothed_mean", "smoothed_var",
         "num_samples_tracked", "bin_count", "bin_sum", "bin_sum_sq", "kernel_window",
     )
+    _fitted_by = "bin_edges"
 
     def __init__(
         self,
@@ -321,24 +316,14 @@ class FeatureDistributionSmoothing(Float64Buffers):
             math.isfinite(eps) and eps >= 0
         ):
             raise ValueError(f"expected eps to be a finite number >= 0, got {eps!r}")
-        given = self._given_edges_of(bin_edges)
-        if given is None:
-            if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-                raise ValueError(f"expected num_bins >= 1 or bin_edges, got {num_bins!r}")
-        elif num_bins is not None and num_bins != given.size - 1:
-            raise ValueError(
-                f"expected num_bins = len(bin_edges) - 1 = {given.size - 1}, got {num_bins!r}"
-            )
+        self._init_bins(num_bins, self._given_edges_of(bin_edges))
         self.num_features = num_features
-        self.num_bins = given.size - 1 if given is not None else int(num_bins)  # type: ignore[arg-type]
         self.kernel, self.kernel_size, self.sigma = kernel, kernel_size, float(sigma)
         self.momentum = None if momentum is None else float(momentum)
         self.start_epoch, self.clip, self.eps = start_epoch, _check_clip(clip), float(eps)
         self.validate = bool(validate)
-        self._given_edges = given
         self._window = window
         shape, f64 = (self.num_bins, num_features), torch.float64
-        self.register_buffer("bin_edges", torch.empty(self.num_bins + 1, dtype=f64))
         for name in ("running_mean", "running_var", "smoothed_mean", "smoothed_var",
                      "bin_sum", "bin_sum_sq"):
             self.register_buffer(name, torch.empty(shape, dtype=f64))
@@ -361,30 +346,22 @@ class FeatureDistributionSmoothing(Float64Buffers):
         return _check_edges(as_float64_array(bin_edges))
 
     def _init_buffers(self) -> None:
-        self.bin_edges.fill_(math.nan)
+        self._reset_bin_edges()
         for t in (self.running_mean, self.smoothed_mean, self.bin_sum, self.bin_sum_sq,
                   self.num_samples_tracked, self.bin_count, self.epoch):
             t.zero_()
         self.running_var.fill_(1.0)
         self.smoothed_var.fill_(1.0)
         self._set_epoch(0)
-        self._fitted = False
-        if not self.bin_edges.is_meta:
+        self._fitted = self._given_edges is not None and not self.bin_edges.is_meta
+        if not self.kernel_window.is_meta:
             self.kernel_window.copy_(self._window)
-            if self._given_edges is not None:
-                self.bin_edges.copy_(torch.from_numpy(self._given_edges))
-                self._fitted = True
 
     def reset(self) -> None:
         """Back to the constructor's state: prior statistics, epoch 0 (given edges kept;
         fitted equal-width edges cleared)."""
         with torch.no_grad():
             self._init_buffers()
-
-    @property
-    def fitted(self) -> bool:
-        """Whether the bin edges are set (given, by :meth:`fit` or by ``load_state_dict``)."""
-        return self._fitted
 
     @property
     def epochs(self) -> int:
@@ -406,36 +383,12 @@ class FeatureDistributionSmoothing(Float64Buffers):
         self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
     ) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if not self.epoch.is_meta:  # host reads at load time, never in forward
+        if not self.epoch.is_meta:  # a host read at load time, never in forward
             self._set_epoch(int(self.epoch))
-            self._fitted = bool(torch.isfinite(self.bin_edges).all())
-
-    def fit(self, labels: Any) -> FeatureDistributionSmoothing:
-        """Set ``num_bins`` equal-width edges over the training labels' range.
-
-        With ``bin_edges`` given the edges stay; ``fit`` only checks the labels. Under
-        ``torch.distributed``, fit every rank on the whole training set's labels (or pass
-        ``bin_edges``), so that the ranks' bins agree.
-
-        Args:
-            labels: (N,) or (N, 1) training labels (tensor, ndarray or sequence).
-
-        Returns:
-            ``self``.
-
-        Raises:
-            ValueError: empty or non-finite labels; equal labels without ``bin_edges``.
-        """
-        y = fit_labels(labels, self.bin_edges)
-        if self._given_edges is None:
-            self.bin_edges.copy_(equal_width_edges(y, self.num_bins))
-            self._fitted = True
-        return self
 
     def bin(self, target: Tensor) -> Tensor:
         """The bin of each label, int64 in ``[0, B)`` (outside the edges: clamped)."""
-        target = self._check_target(target)
-        return torch.bucketize(target.to(torch.float64), self.bin_edges[1:-1], right=True)
+        return self._bin(self._check_target(target))
 
     def _check_target(self, target: Tensor, n: int | None = None) -> Tensor:
         if target.dim() == 2 and target.shape[1] == 1:
@@ -454,13 +407,6 @@ class FeatureDistributionSmoothing(Float64Buffers):
                 f"{tuple(features.shape)}"
             )
 
-    def _require_fitted(self) -> None:
-        if not self._fitted and not self.bin_edges.is_meta:
-            raise RuntimeError(
-                "FeatureDistributionSmoothing has no bin edges yet: call fit(train_labels) "
-                "or pass bin_edges"
-            )
-
     @torch.no_grad()
     def update(self, features: Tensor, target: Tensor) -> None:
         """Add a batch of training features to this epoch's per-bin sums (count, sum, sum of
@@ -473,7 +419,10 @@ class FeatureDistributionSmoothing(Float64Buffers):
         self._check_features(features)
         target = self._check_target(target, features.shape[0])
         check_same_device("the statistics", self.bin_sum, "features", features)
-        self._require_fitted()
+        self._require_fitted(
+            "FeatureDistributionSmoothing has no bin edges yet: call fit(train_labels) or "
+            "pass bin_edges"
+        )
         if self.validate:
             self._validate_labels(target)
         bins = self.bin(target.to(features.device))

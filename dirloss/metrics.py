@@ -107,6 +107,42 @@ def _region_of_bins(
     return region_of
 
 
+def _shot_bins(
+    train: np.ndarray,
+    labels: np.ndarray,
+    bin_edges: ArrayLike | None,
+    bin_width: float,
+    many_shot: float,
+    few_shot: float,
+    regions: Mapping[str, Sequence[int]] | None,
+    *,
+    warn_stacklevel: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(edges, train_counts, region_of_bin)``: the bins and shot regions of
+    :func:`shot_metrics` for the (flat, float64) training labels ``train``, the equal-width
+    edges (when ``bin_edges`` is None) covering ``labels``. With ``warn_stacklevel``, warns
+    (at that level above this function) when all training labels fall in one bin."""
+    _check_finite(train, "train_target")
+    bin_width = check_positive("bin_width", bin_width)
+    if few_shot > many_shot:
+        raise ValueError(f"expected few_shot <= many_shot, got {few_shot} > {many_shot}")
+    edges = _make_edges(bin_edges, bin_width, labels)
+    counts = np.bincount(_bin_index(train, edges), minlength=edges.size - 1)
+    spread = train.size > 1 and train.min() < train.max()
+    if warn_stacklevel is not None and spread and np.count_nonzero(counts) == 1:
+        k = int(np.flatnonzero(counts)[0])  # all equal labels: no bin_width would help
+        hint = (f"a smaller bin_width= (got {bin_width:g}) or bin_edges=" if bin_edges is None
+                else "bin_edges= that split it")
+        warnings.warn(
+            f"all {train.size} training labels fall in one bin [{edges[k]:g}, "
+            f"{edges[k + 1]:g}], so the shot regions say nothing; pass {hint} on the "
+            "labels' scale",
+            UserWarning,
+            stacklevel=warn_stacklevel + 1,
+        )
+    return edges, counts, _region_of_bins(counts, many_shot, few_shot, regions)
+
+
 def _summary(err: np.ndarray) -> dict[str, float | int]:
     if err.size == 0:
         return {"mae": math.nan, "mse": math.nan, "gm": math.nan, "count": 0}
@@ -234,32 +270,14 @@ def shot_metrics(
             f"expected pred and target of the same shape, got {tuple(pred_np.shape)} "
             f"and {tuple(target_np.shape)}"
         )
-    train_np = as_float64_array(train_target).reshape(-1)
-    for arr, name in ((pred_np, "pred"), (target_np, "target"), (train_np, "train_target")):
+    for arr, name in ((pred_np, "pred"), (target_np, "target")):
         _check_finite(arr, name)
-    bin_width = check_positive("bin_width", bin_width)
-    if few_shot > many_shot:
-        raise ValueError(f"expected few_shot <= many_shot, got {few_shot} > {many_shot}")
-
-    edges = _make_edges(bin_edges, bin_width, np.concatenate([train_np, target_np]))
+    train_np = as_float64_array(train_target).reshape(-1)
+    edges, _, region_of = _shot_bins(
+        train_np, np.concatenate([train_np, target_np]), bin_edges, bin_width, many_shot,
+        few_shot, regions, warn_stacklevel=2,
+    )
     num_bins = edges.size - 1
-    train_counts = np.bincount(_bin_index(train_np, edges), minlength=num_bins)
-    spread = train_np.size > 1 and train_np.min() < train_np.max()
-    if spread and np.count_nonzero(train_counts) == 1:  # all equal: no bin_width helps
-        k = int(np.flatnonzero(train_counts)[0])
-        if bin_edges is None:
-            hint = f"a smaller bin_width= (got {bin_width:g}) or bin_edges="
-        else:
-            hint = "bin_edges= that split it"
-        warnings.warn(
-            f"all {train_np.size} training labels fall in one bin [{edges[k]:g}, "
-            f"{edges[k + 1]:g}], so the shot regions say nothing; pass {hint} on the "
-            "labels' scale",
-            UserWarning,
-            stacklevel=2,
-        )
-    region_of = _region_of_bins(train_counts, many_shot, few_shot, regions)
-
     err = pred_np - target_np
     test_bins = _bin_index(target_np, edges)
     sample_region = region_of[test_bins]

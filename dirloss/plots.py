@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validation import as_float64_array, as_vector, check_non_negative, check_positive
+from ._validation import as_float64_array, as_vector, check_non_negative
 from .binning import GroupBinner
 from .inference import InferenceChoice
-from .metrics import REGIONS, ArrayLike, _bin_index, _check_finite, _make_edges, _region_of_bins
+from .metrics import REGIONS, ArrayLike, _bin_index, _check_finite, _shot_bins
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,14 +69,10 @@ def _bins(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(edges, train_counts, region name per bin)`` exactly as :func:`shot_metrics` sets
     them up (equal-width edges over the training and, when given, the test labels)."""
-    _check_finite(train, "train_target")
-    check_positive("bin_width", bin_width)
-    if few_shot > many_shot:
-        raise ValueError(f"expected few_shot <= many_shot, got {few_shot} > {many_shot}")
     labels = train if target is None else np.concatenate([train, target])
-    edges = _make_edges(bin_edges, bin_width, labels)
-    counts = np.bincount(_bin_index(train, edges), minlength=edges.size - 1)
-    region_id = _region_of_bins(counts, many_shot, few_shot, regions)
+    edges, counts, region_id = _shot_bins(
+        train, labels, bin_edges, bin_width, many_shot, few_shot, regions
+    )
     names = np.array([*REGIONS, "none"])[region_id]  # -1: the last entry, "none"
     return edges, counts, names
 

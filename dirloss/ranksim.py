@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._validation import without_autocast
+
 __all__ = ["RankSimLoss", "blackbox_rank", "ranksim_loss", "unique_label_mask"]
 
 _REDUCTIONS = ("sum", "mean")
@@ -157,7 +159,9 @@ def ranksim_loss(
         generator: random choice of the kept samples.
 
     Returns:
-        A scalar; 0 in the graph when fewer than two samples are kept.
+        A scalar; 0 in the graph when fewer than two samples are kept. Computed in at least
+        float32 (outside autocast), so half-precision features neither round the labels
+        (merging distinct ones, reordering their distances) nor the similarities.
 
     Example:
         >>> z, y = torch.randn(8, 4, requires_grad=True), torch.arange(8.0)
@@ -173,16 +177,18 @@ def ranksim_loss(
     n = features.shape[0]
     if target.shape not in ((n,), (n, 1)):
         raise ValueError(f"expected target of shape ({n},) or ({n}, 1), got {tuple(target.shape)}")
-    z, y = features.flatten(1), target.reshape(n).to(features.dtype)
+    work = torch.promote_types(features.dtype, torch.float32)
+    z, y = features.flatten(1).to(work), target.reshape(n).to(work)
     if unique_labels:
         keep = unique_label_mask(y, generator=generator)
         z, y = z[keep], y[keep]
     if z.shape[0] < 2:
-        return 0.0 * features.sum()
-    z = F.normalize(z, dim=1)
-    rank_z = blackbox_rank(z @ z.t(), interpolation_lambda)
-    rank_y = _rank(-(y[:, None] - y[None, :]).abs())
-    per_anchor = ((rank_z - rank_y) ** 2).mean(dim=1)
+        return 0.0 * z.sum()
+    with without_autocast(z.device.type):
+        z = F.normalize(z, dim=1)
+        rank_z = blackbox_rank(z @ z.t(), interpolation_lambda)
+        rank_y = _rank(-(y[:, None] - y[None, :]).abs())
+        per_anchor = ((rank_z - rank_y) ** 2).mean(dim=1)
     return per_anchor.sum() if reduction == "sum" else per_anchor.mean()
 
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validation import DeferredInit, equal_width_edges, fit_labels
+from ._fitted import LabelBins
 from .metrics import _check_edges
 
 __all__ = [
@@ -150,6 +150,16 @@ def _check_clip(clip: tuple[float, float] | None) -> None:
         raise ValueError(f"expected clip=(low, high) with 0 <= low <= high, got {clip!r}")
 
 
+def _check_settings(
+    reweight: str, kernel: str, kernel_size: int, sigma: float, clip: tuple[float, float] | None
+) -> None:
+    """The settings of :func:`label_density_weights` (and :class:`LabelDensityWeights`)."""
+    if reweight not in REWEIGHTS:
+        raise ValueError(f"expected reweight in {REWEIGHTS}, got {reweight!r}")
+    _check_kernel(kernel, kernel_size, sigma)
+    _check_clip(clip)
+
+
 def _check_counts(counts: Tensor) -> Tensor:
     """The histogram as float64; values are read on the host (a fit-time check)."""
     if not isinstance(counts, Tensor) or counts.dim() != 1 or counts.numel() == 0:
@@ -201,10 +211,7 @@ def label_density_weights(
         >>> label_density_weights(torch.tensor([100, 10, 1]), lds=False, reweight="inverse")
         tensor([ 0.3700,  3.7000, 37.0000], dtype=torch.float64)
     """
-    if reweight not in REWEIGHTS:
-        raise ValueError(f"expected reweight in {REWEIGHTS}, got {reweight!r}")
-    _check_kernel(kernel, kernel_size, sigma)
-    _check_clip(clip)
+    _check_settings(reweight, kernel, kernel_size, sigma, clip)
     n = _check_counts(counts)
     if reweight == "none":
         return torch.ones_like(n)
@@ -223,7 +230,7 @@ def label_density_weights(
     return inverse * n.sum() / (n * inverse).sum()
 
 
-class LabelDensityWeights(DeferredInit):
+class LabelDensityWeights(LabelBins):
     r"""Per-sample weights from the training label density (inverse frequency, LDS).
 
     Fitted on the training labels like :class:`~dirloss.GroupBinner`; the per-bin weights
@@ -254,9 +261,9 @@ class LabelDensityWeights(DeferredInit):
         tensor([0.8333, 2.5000])
     """
 
-    bin_edges: Tensor
     bin_weights: Tensor
     counts: Tensor
+    _fitted_by = "bin_weights"
 
     def __init__(
         self,
@@ -271,65 +278,25 @@ class LabelDensityWeights(DeferredInit):
         clip: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        if reweight not in REWEIGHTS:
-            raise ValueError(f"expected reweight in {REWEIGHTS}, got {reweight!r}")
-        _check_kernel(kernel, kernel_size, sigma)
-        _check_clip(clip)
-        given = None if bin_edges is None else _check_edges(bin_edges)
-        if given is None:
-            if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-                raise ValueError(f"expected num_bins >= 1 or bin_edges, got {num_bins!r}")
-        elif num_bins is not None and num_bins != given.size - 1:
-            raise ValueError(
-                f"expected num_bins = len(bin_edges) - 1 = {given.size - 1}, got {num_bins!r}"
-            )
-        self.num_bins = given.size - 1 if given is not None else int(num_bins)  # type: ignore[arg-type]
+        _check_settings(reweight, kernel, kernel_size, sigma, clip)
+        self._init_bins(num_bins, None if bin_edges is None else _check_edges(bin_edges))
         self.reweight, self.lds, self.clip = reweight, lds, clip
         self.kernel, self.kernel_size, self.sigma = kernel, kernel_size, sigma
-        self._given_edges = given
-        nan = torch.full((self.num_bins + 1,), math.nan, dtype=torch.float64)
-        self.register_buffer("bin_edges", nan)
-        self.register_buffer("bin_weights", nan[1:].clone())
+        self.register_buffer(
+            "bin_weights", torch.full((self.num_bins,), math.nan, dtype=torch.float64)
+        )
         self.register_buffer("counts", torch.zeros(self.num_bins, dtype=torch.long))
         self._init_buffers()
 
     def _init_buffers(self) -> None:
-        self.bin_edges.fill_(math.nan)
+        self._reset_bin_edges()
         self.bin_weights.fill_(math.nan)
         self.counts.zero_()
         self._fitted = False
-        if self._given_edges is not None and not self.bin_edges.is_meta:
-            self.bin_edges.copy_(torch.from_numpy(self._given_edges))
 
-    @property
-    def fitted(self) -> bool:
-        """Whether :meth:`fit` (or ``load_state_dict``) has set the weights."""
-        return self._fitted
-
-    def _load_from_state_dict(
-        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if not self.bin_weights.is_meta:  # a host read at load time, never in forward
-            self._fitted = bool(torch.isfinite(self.bin_weights).all())
-
-    def fit(self, labels: Any) -> LabelDensityWeights:
-        """Count the training labels per bin (setting equal-width edges unless given) and
-        compute the per-bin weights.
-
-        Args:
-            labels: (N,) or (N, 1) training labels (tensor, ndarray or sequence).
-
-        Returns:
-            ``self``.
-
-        Raises:
-            ValueError: empty or non-finite labels; equal labels without ``bin_edges``.
-        """
-        y = fit_labels(labels, self.bin_edges)
-        if self._given_edges is None:
-            self.bin_edges.copy_(equal_width_edges(y, self.num_bins))
-        bins = self._bin(torch.from_numpy(y).to(self.bin_edges.device))
+    def _fit_bins(self, labels: np.ndarray) -> None:
+        """Count the training labels per bin and compute the per-bin weights."""
+        bins = self._bin(torch.from_numpy(labels).to(self.bin_edges.device))
         self.counts.copy_(torch.bincount(bins, minlength=self.num_bins))
         self.bin_weights.copy_(
             label_density_weights(
@@ -337,19 +304,13 @@ class LabelDensityWeights(DeferredInit):
                 kernel_size=self.kernel_size, sigma=self.sigma, clip=self.clip,
             )
         )
-        self._fitted = True
-        return self
-
-    def _bin(self, y: Tensor) -> Tensor:
-        return torch.bucketize(y.to(torch.float64), self.bin_edges[1:-1], right=True)
 
     def forward(self, target: Tensor) -> Tensor:
         if target.dim() == 2 and target.shape[1] == 1:
             target = target[:, 0]
         if target.dim() != 1:
             raise ValueError(f"expected target of shape (N,) or (N, 1), got {tuple(target.shape)}")
-        if not self._fitted and not self.bin_weights.is_meta:
-            raise RuntimeError("LabelDensityWeights has no weights yet: call fit(train_labels)")
+        self._require_fitted("LabelDensityWeights has no weights yet: call fit(train_labels)")
         dtype = target.dtype if target.is_floating_point() else torch.get_default_dtype()
         return self.bin_weights[self._bin(target)].to(dtype)
 

@@ -16,27 +16,17 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-from ._validation import Float64Buffers, as_float64_array, check_positive
+from ._validation import Float64Buffers, as_float64_array
 from .distributed import is_distributed
-from .metrics import (
-    EDGE_RTOL,
-    GM_EPS,
-    REGIONS,
-    ArrayLike,
-    _bin_index,
-    _check_finite,
-    _make_edges,
-    _region_of_bins,
-)
+from .metrics import EDGE_RTOL, GM_EPS, REGIONS, ArrayLike, _shot_bins
 
 __all__ = ["ShotMetrics"]
 
@@ -45,7 +35,8 @@ STAT_ROWS = ("count", "abs", "sq", "log")
 :math:`|e|`, :math:`e^2` and :math:`\\log\\max(|e|, \\epsilon)`."""
 
 
-def _shot_bins(
+def _shot_buffers(
+    module: nn.Module,
     train_target: ArrayLike,
     bin_edges: ArrayLike | None,
     bin_width: float,
@@ -53,29 +44,20 @@ def _shot_bins(
     few_shot: float,
     regions: Mapping[str, Sequence[int]] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(edges, train_counts, region_of_bin)`` as ``shot_metrics`` sets them up, with the
-    equal-width edges (when ``bin_edges`` is None) taken over the training labels only: the
-    test labels are not known yet. Warns as ``shot_metrics`` does when all training labels
-    fall in one bin."""
+    """Register ``module``'s bin_edges, train_counts and bin_region buffers, set as
+    ``shot_metrics`` sets them up, with the equal-width edges (when ``bin_edges`` is None)
+    taken over the training labels only: the test labels are not known yet. Warns as
+    ``shot_metrics`` does when all training labels fall in one bin. Returns
+    ``(edges, train_counts, region_of_bin)``."""
     train = as_float64_array(train_target).reshape(-1)
-    _check_finite(train, "train_target")
-    bin_width = check_positive("bin_width", bin_width)
-    if few_shot > many_shot:
-        raise ValueError(f"expected few_shot <= many_shot, got {few_shot} > {many_shot}")
-    edges = _make_edges(bin_edges, bin_width, train)
-    counts = np.bincount(_bin_index(train, edges), minlength=edges.size - 1)
-    if train.size > 1 and train.min() < train.max() and np.count_nonzero(counts) == 1:
-        k = int(np.flatnonzero(counts)[0])
-        hint = (f"a smaller bin_width= (got {bin_width:g}) or bin_edges=" if bin_edges is None
-                else "bin_edges= that split it")
-        warnings.warn(
-            f"all {train.size} training labels fall in one bin [{edges[k]:g}, "
-            f"{edges[k + 1]:g}], so the shot regions say nothing; pass {hint} on the "
-            "labels' scale",
-            UserWarning,
-            stacklevel=3,
-        )
-    return edges, counts, _region_of_bins(counts, many_shot, few_shot, regions)
+    setup = _shot_bins(
+        train, train, bin_edges, bin_width, many_shot, few_shot, regions, warn_stacklevel=3
+    )
+    edges, counts, region_of = setup
+    module.register_buffer("bin_edges", torch.from_numpy(edges.copy()))
+    module.register_buffer("train_counts", torch.from_numpy(counts.astype(np.int64)))
+    module.register_buffer("bin_region", torch.from_numpy(region_of.astype(np.int64)))
+    return setup
 
 
 def _as_values(values: Any, name: str, device: torch.device) -> Tensor:
@@ -243,17 +225,13 @@ class ShotMetrics(Float64Buffers):
         process_group: Any = None,
     ) -> None:
         super().__init__()
-        edges, counts, region_of = _shot_bins(
-            train_target, bin_edges, bin_width, many_shot, few_shot, regions
+        self._setup = _shot_buffers(
+            self, train_target, bin_edges, bin_width, many_shot, few_shot, regions
         )
-        self._setup = (edges, counts, region_of)
-        self.num_bins = edges.size - 1
+        self.num_bins = self.bin_edges.numel() - 1
         self.validate = validate
         self.sync_on_compute = sync_on_compute
         self.process_group = process_group
-        self.register_buffer("bin_edges", torch.from_numpy(edges.copy()))
-        self.register_buffer("train_counts", torch.from_numpy(counts.astype(np.int64)))
-        self.register_buffer("bin_region", torch.from_numpy(region_of.astype(np.int64)))
         self.register_buffer(
             "stats", torch.zeros(len(STAT_ROWS), self.num_bins, dtype=torch.float64)
         )
@@ -354,14 +332,9 @@ def _torchmetrics_adapter() -> type:
             **kwargs: Any,
         ) -> None:
             super().__init__(**kwargs)
-            edges, counts, region_of = _shot_bins(
-                train_target, bin_edges, bin_width, many_shot, few_shot, regions
-            )
-            self.num_bins = edges.size - 1
+            _shot_buffers(self, train_target, bin_edges, bin_width, many_shot, few_shot, regions)
+            self.num_bins = self.bin_edges.numel() - 1
             self.validate = validate
-            self.register_buffer("bin_edges", torch.from_numpy(edges.copy()))
-            self.register_buffer("train_counts", torch.from_numpy(counts.astype(np.int64)))
-            self.register_buffer("bin_region", torch.from_numpy(region_of.astype(np.int64)))
             self.add_state(
                 "stats",
                 default=torch.zeros(len(STAT_ROWS), self.num_bins, dtype=torch.float64),

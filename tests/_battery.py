@@ -23,7 +23,8 @@ The name must start with ``Test`` for pytest to collect it. Each :class:`Spec` i
 ``test_<file>.py::TestBattery::test_gradcheck[my-loss]``):
 
 * ``test_gradcheck``: float64 ``gradcheck`` (and ``gradgradcheck`` with ``gradgrad=True``)
-  w.r.t. the ``grad_inputs`` and the module's parameters, for every reduction;
+  w.r.t. the ``grad_inputs`` and the module's parameters, for every reduction (``gradcheck``
+  narrows what it differentiates, for a backward that is by design not the derivative);
 * ``test_module_equals_function``: the module and its functional twin give the same
   outputs and gradients (bit for bit when ``forward`` calls the function once: the same
   kernels run twice; else to ``function_tol`` in float64), for every reduction;
@@ -108,6 +109,12 @@ class Spec:
     exact_function: bool = True
     function_tol: float = 1e-12
     gradgrad: bool = False
+    #: What ``test_gradcheck`` differentiates: ``"all"`` (the ``grad_inputs`` and the
+    #: parameters), ``"inputs"`` (a parameter whose gradient is by design not the derivative
+    #: of the output, e.g. through a detached scale: say why in the spec) or ``"none"`` (a
+    #: surrogate backward, e.g. a blackbox rank, whose forward is piecewise constant: finite
+    #: differences give 0, not the surrogate; no test_gradcheck case for the spec).
+    gradcheck: str = "all"
     #: compiled vs eager: aot_eager regroups the traced aten ops and inductor fuses and
     #: reorders sums, so not bit for bit; {} is assert_close's float32 default.
     compile_tol: dict[str, float] | None = None
@@ -200,8 +207,9 @@ def check_gradcheck(spec: Spec) -> None:
 def _gradcheck(spec: Spec, reduction: str | None) -> None:
     bound = _Bound(spec, _build(spec, reduction).double())
     inputs = _inputs(spec, torch.float64, CPU, grad=False)
-    names = [name for name, _ in bound.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in bound.parameters()]
+    named = list(bound.named_parameters()) if spec.gradcheck == "all" else []
+    names = [name for name, _ in named]
+    params = [p.detach().clone().requires_grad_() for _, p in named]
     leaves = [inputs[i].detach().clone().requires_grad_() for i in spec.grad_inputs]
     k = len(leaves)
 
@@ -366,18 +374,27 @@ def battery(*specs: Spec) -> type:
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"expected distinct spec names, got {names}")
+    for spec in specs:
+        if spec.gradcheck not in ("all", "inputs", "none"):
+            raise ValueError(
+                f"expected gradcheck in ('all', 'inputs', 'none'), got {spec.gradcheck!r} "
+                f"for {spec}"
+            )
 
     def over(selected: Sequence[Spec]) -> Any:
         return pytest.mark.parametrize("spec", list(selected), ids=[s.name for s in selected])
 
     every = over(specs)
+    checked = [s for s in specs if s.gradcheck != "none"]
     reducing = [s for s in specs if s.reductions]
     compiled = [s for s in specs if s.inductor]
 
     class TestBattery:
-        @every
-        def test_gradcheck(self, spec: Spec) -> None:
-            check_gradcheck(spec)
+        if checked:
+
+            @over(checked)
+            def test_gradcheck(self, spec: Spec) -> None:
+                check_gradcheck(spec)
 
         @every
         def test_module_equals_function(self, spec: Spec, device: torch.device) -> None:

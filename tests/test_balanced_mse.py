@@ -1,5 +1,6 @@
 """Balanced MSE (BMC, BNI, GAI): float64 loops of the paper's equations, the identities that
-tie the three estimators together, the official BMC baseline, and the documented edge cases."""
+tie the three estimators together, the official BMC baseline, the documented edge cases, and
+the module battery."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _battery import Spec, battery
 
 from dirloss import BMCLoss, BNILoss, GAILoss, balanced_mse
 from dirloss.balanced_mse import bmc_loss, bni_loss, fit_gmm, gai_loss
@@ -178,17 +180,6 @@ def test_state_dict_round_trip_and_unfitted_error(cls):
     assert torch.equal(a(x, y), b(x, y))
 
 
-@pytest.mark.parametrize("name", ["bmc", "bni", "gai"])
-def test_module_compiles_fullgraph(name, device):
-    torch._dynamo.reset()
-    labels = torch.randn(300).exp()
-    module = {"bmc": lambda: BMCLoss(), "bni": lambda: BNILoss(10).fit(labels),
-              "gai": lambda: GAILoss(3).fit(labels)}[name]().to(device)
-    x, y = torch.randn(16, device=device), torch.randn(16, device=device).exp()
-    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(x, y), module(x, y), rtol=1e-5, atol=1e-6)
-
-
 def test_autocast_and_reductions():
     module = BMCLoss()
     x, y = torch.randn(8, requires_grad=True), torch.randn(8)
@@ -313,3 +304,65 @@ def test_bmc_degenerate_and_extreme():
         bmc_loss(torch.zeros(3), torch.zeros(4), noise_var=1.0)
     with pytest.raises(ValueError):
         BMCLoss(0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+def _train_labels():
+    return torch.randn(400, dtype=torch.float64).exp()
+
+
+def balanced_spec(name, build, function, *, fresh=None, learnable=False, keys=()):
+    """One Balanced MSE module on predictions (8,) near the targets' scale; ``build(**kw)``
+    takes ``reduction=``; ``function(module, noise_var, pred, target)`` is its twin."""
+    state = {"noise_sigma", *keys}
+    return Spec(
+        name,
+        build=lambda **kw: build(learnable=learnable, **kw),
+        inputs=lambda dtype, device: (
+            torch.randn(8, dtype=dtype, device=device) + 1.0,
+            torch.randn(8, dtype=dtype, device=device).exp(),
+        ),
+        function=lambda m, pred, target: function(m, m.noise_sigma.pow(2), pred, target),
+        # A learnable sigma's gradient is by design not the loss's derivative (the 2 sigma^2
+        # scale is detached, so the gradient keeps the MSE's scale): gradcheck the
+        # prediction; the noise gradient has its own test (test_gradcheck_in_...).
+        gradcheck="inputs" if learnable else "all",
+        compile_tol={"rtol": 1e-5, "atol": 1e-6},
+        fresh=None if fresh is None else (lambda: fresh(learnable)),
+        state_keys=frozenset(state),
+    )
+
+
+def _bmc(m, var, pred, target):
+    return bmc_loss(pred, target, noise_var=var, reduction=m.reduction)
+
+
+def _bni(m, var, pred, target):
+    return bni_loss(pred, target, noise_var=var, bin_centers=m.bin_centers,
+                    bin_probs=m.bin_probs, reduction=m.reduction)
+
+
+def _gai(m, var, pred, target):
+    return gai_loss(pred, target, noise_var=var, means=m.gmm_means,
+                    variances=m.gmm_variances, weights=m.gmm_weights, reduction=m.reduction)
+
+
+def balanced_specs(learnable):
+    """BMC, BNI and GAI with a fixed or a learnable sigma; BNI and GAI fitted in ``build``,
+    their fresh modules unfitted (the load marks them fitted)."""
+    suffix = "-learnable" if learnable else "-fixed"
+    return (
+        balanced_spec("bmc" + suffix, lambda **kw: BMCLoss(0.8, **kw), _bmc,
+                      learnable=learnable),
+        balanced_spec("bni" + suffix, lambda **kw: BNILoss(8, **kw).fit(_train_labels()), _bni,
+                      fresh=lambda learnable: BNILoss(8, learnable=learnable),
+                      learnable=learnable, keys=("bin_centers", "bin_probs")),
+        balanced_spec("gai" + suffix, lambda **kw: GAILoss(3, **kw).fit(_train_labels()), _gai,
+                      fresh=lambda learnable: GAILoss(3, learnable=learnable),
+                      learnable=learnable, keys=("gmm_means", "gmm_variances", "gmm_weights")),
+    )
+
+
+TestBattery = battery(*balanced_specs(False), *balanced_specs(True))

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _battery import Spec, battery
 
 from dirloss import ConRLoss
 from dirloss.conr import conr_loss
@@ -227,7 +228,7 @@ def test_permuting_the_batch_keeps_the_loss():
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Module, compile, autocast, devices, errors
+# 4. Module, autocast, errors (compile and devices: the battery below)
 # ---------------------------------------------------------------------------------------------
 def test_module_equals_function_repr_and_state(device):
     x, y, p, w = (t.to(device) for t in random_batch(2, views=2, dtype=torch.float32))
@@ -239,20 +240,6 @@ def test_module_equals_function_repr_and_state(device):
     assert "threshold=1.0" in repr(module) and "'linear'" in repr(module)
     assert module.state_dict() == {}
     ConRLoss(1.0).load_state_dict(module.state_dict())
-
-
-@pytest.mark.parametrize("official", [False, True])
-def test_compile_fullgraph(official, device):
-    torch._dynamo.reset()
-    x, y, p, w = (t.to(device) for t in random_batch(3, views=2, dtype=torch.float32))
-    module = ConRLoss(1.0, official_denominator=official, view_dim=1)
-    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    eager, got = module(x1, y, p, w), compiled(x2, y, p, w)
-    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
-    eager.backward()
-    got.backward()
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-5, atol=1e-6)
 
 
 def test_autocast_runs():
@@ -301,3 +288,49 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match=r"expected weight of shape \(4,\)"):
         conr_loss(z, torch.rand(4), torch.rand(4, 2), threshold=1.0, weight=torch.rand(8),
                   view_dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+def conr_spec(name, *, views=2, weighted=True, **kwargs):
+    """``ConRLoss(1.0, **kwargs)`` on a batch of 8 with ``views`` views (None: (N, D)) and,
+    when ``weighted``, sample weights; integer labels and predictions within the window of
+    several of them, so that every kind of pair occurs."""
+    view_dim = None if views is None else 1
+
+    def inputs(dtype, device):
+        lead = (8,) if views is None else (8, views)
+        x = torch.randn(*lead, 3, dtype=dtype, device=device)
+        y = torch.randint(0, 4, (8,), device=device).to(dtype)
+        p = torch.randint(0, 4, lead, device=device) + 0.3 * torch.rand(*lead, device=device)
+        w = 0.5 + torch.rand(8, dtype=dtype, device=device)
+        return (x, y, p, w) if weighted else (x, y, p)
+
+    def function(module, features, target, prediction, weight=None):
+        return conr_loss(
+            features, target, prediction, threshold=module.threshold,
+            temperature=module.temperature, pushing_scale=module.pushing_scale,
+            pushing=module.pushing, weight=weight, normalize=module.normalize,
+            official_denominator=module.official_denominator, view_dim=module.view_dim,
+            reduction=module.reduction,
+        )
+
+    return Spec(
+        name,
+        build=lambda **kw: ConRLoss(1.0, view_dim=view_dim, **kwargs, **kw),
+        inputs=inputs,
+        function=function,
+        none_shape=lambda inputs: tuple(inputs[2].shape),  # per sample and view
+        compile_tol={"rtol": 1e-5, "atol": 1e-6},
+        state_keys=frozenset(),
+    )
+
+
+TestBattery = battery(
+    conr_spec("views"),
+    conr_spec("views-official", official_denominator=True),
+    conr_spec("linear-unweighted", views=None, weighted=False, pushing="linear",
+              pushing_scale=0.2, temperature=0.5),
+    conr_spec("unnormalised", normalize=False, temperature=2.0),
+)

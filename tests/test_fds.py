@@ -17,6 +17,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _battery import Spec, battery
 from torch import nn
 
 from dirloss import FeatureDistributionSmoothing, GroupBinner, GroupDIRLoss, MultiExpertHead
@@ -611,3 +612,52 @@ def test_cuda_forward_and_backward_do_not_sync():
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(out.cpu(), fds.cpu()(z.detach().cpu(), y.cpu()),
                                rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+
+FDS_STATE = frozenset({
+    "bin_edges", "running_mean", "running_var", "smoothed_mean", "smoothed_var",
+    "num_samples_tracked", "epoch", "bin_count", "bin_sum", "bin_sum_sq",
+})  # not kernel_window: a constructor setting
+
+
+def fds_spec(name, make):
+    """``make()``: an FDS over 3 features, fitted or with edges; ``build`` gives it one
+    epoch of statistics, ``fresh`` a new one from ``make`` (the load sets edges, statistics
+    and epoch). No reduction: the output is the (N, F) calibrated features."""
+
+    def build():
+        z, y = _data(80, seed=9)
+        fds = make()
+        if not fds.fitted:
+            fds.fit(y)
+        return _run_epochs(fds, [(z, y)]).train()
+
+    def function(fds, features, target):
+        return calibrate_features(
+            features, fds.bin(target), fds.running_mean, fds.running_var, fds.smoothed_mean,
+            fds.smoothed_var, clip=fds.clip, eps=fds.eps,
+        )
+
+    return Spec(
+        name,
+        build=build,
+        inputs=lambda dtype, device: (
+            torch.randn(10, 3, dtype=dtype, device=device) * 2 + 1,
+            torch.rand(10, dtype=dtype, device=device) ** 2 * 6,
+        ),
+        function=function,
+        reductions=(),
+        autocast_dtype=torch.bfloat16,  # the features' dtype
+        fresh=make,
+        state_keys=FDS_STATE,
+    )
+
+
+TestBattery = battery(
+    fds_spec("edges", lambda: FDS(3, bin_edges=EDGES)),
+    fds_spec("fitted-cumulative-unclipped",
+             lambda: FDS(3, 5, kernel="triang", kernel_size=3, momentum=None, clip=None)),
+)

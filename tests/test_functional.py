@@ -1,5 +1,5 @@
 """The recipe's functional ops against plain float64 loops: expert_share_table,
-expert_mse_loss, mixture_mse_loss and combine_experts (``dirloss.functional``).
+expert_mse_loss, mixture_mse_loss, combine_experts and select_expert (``dirloss.functional``).
 
 The soft-label and contrastive functions are tested with their modules
 (test_soft_labels.py, test_contrastive.py)."""
@@ -21,6 +21,7 @@ from dirloss.functional import (
     expert_mse_loss,
     expert_share_table,
     mixture_mse_loss,
+    select_expert,
 )
 
 
@@ -474,3 +475,15 @@ def test_combine_bad_shapes(logits_shape, experts_shape):
 def test_combine_bad_inference(inference):
     with pytest.raises(ValueError, match="inference"):
         combine_experts(torch.randn(2, 3), torch.randn(2, 3, 1), inference)
+
+
+# ---------------------------------------------------------------------------------------------
+# select_expert
+# ---------------------------------------------------------------------------------------------
+def test_select_expert_matches_loop():
+    experts = torch.randn(9, 4, 3, dtype=torch.float64)
+    groups = torch.tensor([0, 3, 1, 2, 2, 0, 3, 1, 0])
+    want = torch.stack([experts[i, groups[i]] for i in range(9)])
+    assert torch.equal(select_expert(experts, groups), want)  # a gather copies: exact
+    # Out-of-range indices clamp (the unchecked device path).
+    assert torch.equal(select_expert(experts, torch.full((9,), 7)), experts[:, 3])

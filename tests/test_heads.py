@@ -601,15 +601,6 @@ def test_extreme_features_finite():
     assert torch.isfinite(out.prediction).all() and torch.isfinite(x.grad).all()
 
 
-def test_select_expert_matches_loop():
-    experts = torch.randn(9, 4, 3, dtype=torch.float64)
-    groups = torch.tensor([0, 3, 1, 2, 2, 0, 3, 1, 0])
-    want = torch.stack([experts[i, groups[i]] for i in range(9)])
-    assert torch.equal(DF.select_expert(experts, groups), want)  # a gather copies: exact
-    # Out-of-range indices clamp (the unchecked device path).
-    assert torch.equal(DF.select_expert(experts, torch.full((9,), 7)), experts[:, 3])
-
-
 # ---------------------------------------------------------------------------------------------
 # Deferred initialisation on meta: print, shape-only forward, to_empty + reset_parameters.
 # (The head's and, as the same mechanism, the other modules with buffers.)

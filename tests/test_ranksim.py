@@ -1,5 +1,6 @@
 """RankSim: forward against a float64 loop, the blackbox-rank gradient against its definition
-(two elements by hand, random rows by loops), and the official descending-rank form."""
+(two elements by hand, random rows by loops), the official descending-rank form, and the
+module battery."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _battery import Spec, battery
 
 from dirloss import RankSimLoss
 from dirloss.ranksim import blackbox_rank, ranksim_loss, unique_label_mask
@@ -137,21 +139,29 @@ def test_degenerate_batches_are_zero_in_graph():
     assert ranksim_loss(torch.randn(0, 2), torch.zeros(0)).item() == 0.0
 
 
-def test_module_equals_function_and_compiles(device):
-    torch._dynamo.reset()
-    z, y = torch.randn(8, 5, device=device), torch.rand(8, device=device)
-    module = RankSimLoss(unique_labels=False, reduction="mean")
-    assert torch.equal(module(z, y), ranksim_loss(z, y, unique_labels=False, reduction="mean"))
-    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(z, y), module(z, y), rtol=1e-6, atol=1e-7)
-
-
 def test_autocast_runs():
     z, y = torch.randn(8, 5, requires_grad=True), torch.rand(8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = ranksim_loss(z, y, unique_labels=False)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("unique_labels", [False, True])
+def test_half_precision_features_keep_the_labels(unique_labels):
+    # Once the labels took the features' dtype: in bf16, 99.9 and 100.2 both round to 100,
+    # which reorders the label distances (and merges labels for unique_labels). Now the
+    # loss of bf16 features is the float32 loss of the same (rounded) values.
+    z = torch.randn(6, 4).bfloat16().requires_grad_(True)
+    y = torch.tensor([99.9, 100.2, 100.4, 101.1, 101.3, 101.6])
+    gen = torch.Generator().manual_seed(0)
+    got = ranksim_loss(z, y, unique_labels=unique_labels, generator=gen)
+    gen = torch.Generator().manual_seed(0)
+    want = ranksim_loss(z.detach().float(), y, unique_labels=unique_labels, generator=gen)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+    got.backward()
+    assert z.grad.dtype == torch.bfloat16 and torch.isfinite(z.grad.float()).all()
 
 
 @pytest.mark.parametrize(
@@ -218,3 +228,40 @@ def test_state_dict_repr_and_compiled_backward(device):
     module(z1, y).backward()
     torch.compile(module, fullgraph=True, backend="aot_eager")(z2, y).backward()
     torch.testing.assert_close(z2.grad, z1.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py)
+# ---------------------------------------------------------------------------------------------
+def ranksim_spec(name, labels, **kwargs):
+    """``RankSimLoss(unique_labels=False, **kwargs)``: the kept samples of
+    ``unique_labels=True`` come from ``torch.unique`` and a random draw (a host sync, by
+    design outside compiled code; ``test_unique_labels_keeps_one_sample_per_label``)."""
+
+    def function(module, features, target):
+        return ranksim_loss(
+            features, target, interpolation_lambda=module.interpolation_lambda,
+            unique_labels=False, reduction=module.reduction,
+        )
+
+    return Spec(
+        name,
+        build=lambda **kw: RankSimLoss(unique_labels=False, **kwargs, **kw),
+        inputs=lambda dtype, device: (
+            torch.randn(labels.shape[0], 5, dtype=dtype, device=device), labels.to(device)
+        ),
+        function=function,
+        reductions=("sum", "mean"),  # a scalar always: no "none"
+        # The blackbox rank's backward is a surrogate: the forward is piecewise constant in
+        # the features, so finite differences give 0 (the surrogate has its own tests above).
+        gradcheck="none",
+        compile_tol={"rtol": 1e-6, "atol": 1e-7},
+        state_keys=frozenset(),
+    )
+
+
+TestBattery = battery(
+    ranksim_spec("distinct", torch.tensor([0.0, 0.4, 1.0, 1.7, 2.5, 3.1, 4.0, 4.2])),
+    ranksim_spec("ties", torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0, 5.0]),
+                 interpolation_lambda=0.5),
+)

@@ -1,5 +1,6 @@
 """LDS and inverse-frequency weights: the official recipe's kernel values and order of
-operations, checked by plain loops in float64 and by hand-worked histograms."""
+operations, checked by plain loops in float64 and by hand-worked histograms; and the module
+battery, run on the weighted MSE the weights feed."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from _battery import Spec, battery
 
 from dirloss import LabelDensityWeights
+from dirloss.functional import weighted_mse_loss
 from dirloss.reweighting import label_density_weights, lds_kernel_window
 
 
@@ -222,3 +225,44 @@ def test_bad_data_raises():
     module.fit([0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match=r"\(N,\) or \(N, 1\)"):
         module(torch.zeros(2, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# The standard battery (tests/_battery.py): the weights in the loss they are made for
+# ---------------------------------------------------------------------------------------------
+def lds_weighted_mse(lds, pred, target):
+    """The official LDS recipe's loss: ``weighted_mse_loss`` with the module's weights."""
+    return weighted_mse_loss(pred, target, lds(target))
+
+
+def lds_spec(name, make):
+    """``make()`` fitted on skewed labels in [0, 4); the module has no reduction (the
+    weights are per sample), so the battery checks it inside its weighted MSE; the twin
+    looks the weights up in the buffers (a label on an inner edge: the bin above)."""
+
+    def function(lds, pred, target):
+        bins = torch.bucketize(target.to(torch.float64), lds.bin_edges[1:-1], right=True)
+        return weighted_mse_loss(pred, target, lds.bin_weights[bins].to(target.dtype))
+
+    return Spec(
+        name,
+        build=lambda: make().fit(torch.rand(300, dtype=torch.float64) ** 2 * 4),
+        inputs=lambda dtype, device: (
+            torch.randn(12, dtype=dtype, device=device) + 2,
+            torch.rand(12, dtype=dtype, device=device) * 4,
+        ),
+        function=function,
+        call=lds_weighted_mse,
+        reductions=(),
+        fresh=make,  # unfitted: the load marks it fitted
+        state_keys=frozenset({"bin_edges", "bin_weights", "counts"}),
+    )
+
+
+TestBattery = battery(
+    lds_spec("lds-sqrt-inv", lambda: LabelDensityWeights(8)),
+    lds_spec("inverse-clipped-edges", lambda: LabelDensityWeights(
+        bin_edges=[0.0, 0.5, 1.0, 2.0, 3.0, 4.0], reweight="inverse", lds=False,
+        clip=(5.0, 1000.0),
+    )),
+)
