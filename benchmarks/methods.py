@@ -26,11 +26,14 @@ only the head and the loss differ:
 ``abl-soft``              head + expert MSE + descending soft labels (no contrastive term)
 ``abl-ce-con``            head + expert MSE + plain cross-entropy + group contrastive term
 ``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, G)``
-                          + ``GroupDIRLoss(binner)``; (G, ``expert_share``) in {(10, 1) (the
-                          defaults), (20, 0)},
-                          inference in {soft, argmax with tau = 0.5}, picked by the library's
+                          + ``GroupDIRLoss(binner)``; trainings :data:`DIRLOSS_GRID` (the
+                          defaults, the same with LDS weights, G 20 with ``expert_share`` 0),
+                          inference {soft, argmax} x tau {0, 0.5, 1}, picked by the library's
                           rule (:func:`~dirloss.select_inference`: lowest bMAE among the
                           candidates within 2 % of the best overall MAE)
+``dirloss-tail``          the same models as ``dirloss``, the tail operating point: the
+                          lowest validation few-shot MAE under the same guard
+                          (``select_inference(..., metric="few")``)
 ========================  =====================================================================
 
 ``group-dir`` and the ablations use the paper's head (independent experts, argmax or soft
@@ -69,7 +72,7 @@ from dirloss import (
     MultiExpertHead,
     RankSimLoss,
 )
-from dirloss.inference import DEFAULT_MAE_GUARD
+from dirloss.inference import DEFAULT_INFERENCE_CANDIDATES, DEFAULT_MAE_GUARD
 
 __all__ = [
     "DIRLOSS_GRID",
@@ -90,21 +93,22 @@ __all__ = [
 ]
 
 DEFAULT_NUM_GROUPS = 10
-FDS_BINS = 50  # as LDS's: the official code's bins are one label unit, ~50-100 on the tables
+LDS_BINS = 50  # LDS / FDS bins: the official code's are one label unit, ~50-100 on the tables
 
 PAPER_INFERENCE: tuple[tuple[str, float], ...] = (("argmax", 0.0), ("soft", 0.0))
 """``(mode, tau)`` inference candidates of the paper's head: argmax or soft mixture."""
 DIRLOSS_GRID = (
     {"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 1.0},
+    {"num_groups": DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 1.0, "lds": True},
     {"num_groups": 2 * DEFAULT_NUM_GROUPS, "strategy": "uniform", "expert_share": 0.0},
 )
-"""The library's defaults (``expert_share`` = 1, 10 groups) and its one documented
-alternative (sharp experts on finer groups: ``expert_share`` = 0, 20 groups); with two
-inference candidates each, the search is as large as the largest baseline grid (BMC, RnC:
-four settings)."""
-DIRLOSS_INFERENCE: tuple[tuple[str, float], ...] = (("soft", 0.0), ("argmax", 0.5))
-"""The two most often chosen of :data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES` in
-the recipe search (docs/guide.md)."""
+"""The library's defaults (``expert_share`` = 1, 10 groups), the same with LDS weights on the
+expert and mixture terms (``GroupDIRLoss(...)(..., weight=lds(y))``), and sharp experts on
+finer groups (``expert_share`` = 0, 20 groups): the guide's three documented trainings. With
+the library's six inference candidates each, 18 candidates, scored from 3 trainings (Group-DIR:
+12 from 6)."""
+DIRLOSS_INFERENCE: tuple[tuple[str, float], ...] = DEFAULT_INFERENCE_CANDIDATES
+""":data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES`: soft and argmax, tau 0, 0.5, 1."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +145,7 @@ def _vanilla(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
 
 def _lds(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
     kernel_size, sigma = int(params["kernel_size"]), float(params["sigma"])
-    weights = LabelDensityWeights(50, kernel_size=kernel_size, sigma=sigma).fit(y_train)
+    weights = LabelDensityWeights(LDS_BINS, kernel_size=kernel_size, sigma=sigma).fit(y_train)
 
     def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
         return (weights(y) * (model(x)[1][:, 0] - y) ** 2).mean()
@@ -193,7 +197,7 @@ class _FDSLoss:
     def __init__(self, params: Mapping[str, Any], y_train: Tensor) -> None:
         self.sigma = float(params["sigma"])
         self.y_train = y_train
-        self.weights = (LabelDensityWeights(FDS_BINS, sigma=self.sigma).fit(y_train)
+        self.weights = (LabelDensityWeights(LDS_BINS, sigma=self.sigma).fit(y_train)
                         if params.get("lds") else None)
         self.fds: FeatureDistributionSmoothing | None = None
 
@@ -201,7 +205,7 @@ class _FDSLoss:
         features = model.backbone(x)
         if self.fds is None:
             self.fds = FeatureDistributionSmoothing(
-                features.shape[1], FDS_BINS, sigma=self.sigma).fit(self.y_train)
+                features.shape[1], LDS_BINS, sigma=self.sigma).fit(self.y_train)
         self.fds.update(features, y)
         err = (model.head(self.fds(features, y))[:, 0] - y) ** 2
         return (err * self.weights(y)).mean() if self.weights is not None else err.mean()
@@ -234,15 +238,18 @@ _LIBRARY_KEYS = ("lambda_grc", "lambda_mse", "lambda_soft", "lambda_mix", "exper
 
 
 def _library(params: Mapping[str, Any], y_train: Tensor, seed: int) -> _Built:
-    """The library's defaults: ``GroupDIRLoss(binner)``, a setting may override its weights."""
+    """The library's defaults: ``GroupDIRLoss(binner)``, a setting may override its weights
+    and (``lds``) weight the expert and mixture terms by LDS (``weight=``)."""
     binner = fit_binner(params, y_train)
     overrides: dict[str, Any] = {k: float(params[k]) for k in _LIBRARY_KEYS if k in params}
     criterion = GroupDIRLoss(binner, **overrides)
+    lds = LabelDensityWeights(LDS_BINS).fit(y_train) if params.get("lds") else None
 
     def loss(model: Regressor, x: Tensor, y: Tensor) -> Tensor:
         groups = binner(y)
         features, out = model(x, groups)
-        return criterion(out, features, y, groups).loss
+        weight = lds(y) if lds is not None else None
+        return criterion(out, features, y, groups, weight=weight).loss
 
     return loss, []
 
@@ -301,6 +308,9 @@ class Method:
             validation from the same trained model.
         mae_guard: when set, selection keeps only the candidates whose validation MAE is
             within this fraction of the method's best (the library's selection rule).
+        select_metric: the validation score selection minimises: ``"bmae"``, or
+            ``"few_mae"`` for the library's tail operating point (``metric="few"`` of
+            :func:`~dirloss.select_inference`).
     """
 
     name: str
@@ -310,6 +320,7 @@ class Method:
     head: str = "linear"
     inference: tuple[tuple[str, float], ...] = PAPER_INFERENCE
     mae_guard: float | None = None
+    select_metric: str = "bmae"
 
     @property
     def grouped(self) -> bool:
@@ -390,6 +401,9 @@ METHODS: dict[str, Method] = {
                _paper_terms(contrastive=True, soft_labels=False, cross_entropy=True), "paper"),
         Method("dirloss", "dirloss defaults", DIRLOSS_GRID, _library, "library",
                inference=DIRLOSS_INFERENCE, mae_guard=DEFAULT_MAE_GUARD),
+        Method("dirloss-tail", "dirloss, tail point (metric='few')", DIRLOSS_GRID, _library,
+               "library", inference=DIRLOSS_INFERENCE, mae_guard=DEFAULT_MAE_GUARD,
+               select_metric="few_mae"),
     )
 }
 """All methods, in table order."""

@@ -19,7 +19,14 @@ import numpy as np
 from benchmarks.methods import METHODS
 from benchmarks.results import DatasetResult, MethodResult
 from benchmarks.selection import Chosen
-from benchmarks.targets import DIRLOSS, GROUP_DIR, VANILLA, check_targets, dataset_checks
+from benchmarks.targets import (
+    DIRLOSS,
+    GROUP_DIR,
+    VANILLA,
+    check_balanced_targets,
+    check_targets,
+    dataset_checks,
+)
 
 __all__ = [
     "load_results",
@@ -103,19 +110,32 @@ def summarise(results: Mapping[str, DatasetResult], *, wall: float | None = None
         lines += [f"Wall time of this invocation: {wall:.0f} s.", ""]
     names = [n for n in METHODS if any(n in r.methods for r in results.values())]
     lines += ["Test bMAE (label units, mean ± std over seeds); **bold** = best mean.", ""]
-    lines += ["| data set | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += _metric_table(results, names, "bmae")
+    balanced = any(r.protocol.split == "dir" for r in results.values())
+    if balanced:
+        for key, what in (("all_mae", "All"), ("few_mae", "few-shot")):
+            lines += ["", f"Test {what} MAE (label units, mean ± std over seeds); **bold** = "
+                      "best mean.", ""]
+            lines += _metric_table(results, names, key)
+    targets = check_balanced_targets(results) if balanced else check_targets(results)
+    lines += ["", "## Targets", ""] + (targets or ["- (needs vanilla and dirloss)"])
+    return "\n".join(lines) + "\n"
+
+
+def _metric_table(results: Mapping[str, DatasetResult], names: Sequence[str],
+                  key: str) -> list[str]:
+    """One row a data set, one column a method, of the test ``key`` (mean ± std)."""
+    lines = ["| data set | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for ds, r in results.items():
         d = _digits(r)
-        best = min((n for n in names if n in r.methods),
-                   key=lambda n: r.methods[n].test_mean["bmae"])
+        best = min((n for n in names if n in r.methods), key=lambda n: r.methods[n].test_mean[key])
         cells = []
         for n in names:
             m = r.methods.get(n)
-            s = "" if m is None else _fmt(m.test_mean["bmae"], m.test_std["bmae"], d)
+            s = "" if m is None else _fmt(m.test_mean[key], m.test_std[key], d)
             cells.append(f"**{s}**" if n == best else s)
         lines.append(f"| {ds} | " + " | ".join(cells) + " |")
-    lines += ["", "## Targets", ""] + (check_targets(results) or ["- (needs vanilla and dirloss)"])
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_per_bin(result: DatasetResult, path: Path,

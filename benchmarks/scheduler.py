@@ -135,7 +135,8 @@ class DatasetRun:
 
     def _choose(self, mr: MethodRun) -> None:
         mr.candidates = score_candidates(mr.method, mr.selection, self.data)
-        best = select(mr.candidates, mae_guard=mr.method.mae_guard)
+        best = select(mr.candidates, mae_guard=mr.method.mae_guard,
+                      metric=mr.method.select_metric)
         mr.chosen = Chosen.of(best)
         for seed in sorted(mr.selection[best.setting]):  # reuse: tested once, not retrained
             self._test(mr, mr.selection[best.setting][seed])

@@ -110,14 +110,17 @@ def score_candidates(
     return cands
 
 
-def select(candidates: Sequence[Candidate], mae_guard: float | None = None) -> Candidate:
-    """The candidate with the lowest validation bMAE (ties: the earliest in grid order);
-    candidates whose training diverged or whose score is not finite never win unless all did.
-    With ``mae_guard`` (the library's rule, :func:`dirloss.select_inference`), only the
-    candidates whose validation MAE is within ``1 + mae_guard`` of the lowest compete."""
+def select(
+    candidates: Sequence[Candidate], mae_guard: float | None = None, metric: str = "bmae"
+) -> Candidate:
+    """The candidate with the lowest validation ``metric`` (bMAE unless told; ties: the
+    earliest in grid order); candidates whose training diverged or whose score is not finite
+    never win unless all did. With ``mae_guard`` (the library's rule,
+    :func:`dirloss.select_inference`), only the candidates whose validation MAE is within
+    ``1 + mae_guard`` of the lowest compete."""
 
     def ok(c: Candidate) -> bool:
-        return bool(c.finite and c.val and math.isfinite(c.val["bmae"]))
+        return bool(c.finite and c.val and math.isfinite(c.val[metric]))
 
     limit = math.inf
     if mae_guard is not None and any(ok(c) for c in candidates):
@@ -125,7 +128,7 @@ def select(candidates: Sequence[Candidate], mae_guard: float | None = None) -> C
 
     def key(c: Candidate) -> tuple[int, float, int]:
         if ok(c) and c.val and c.val["all_mae"] <= limit:
-            return (0, c.val["bmae"], c.order)
+            return (0, c.val[metric], c.order)
         return (1, math.inf, c.order)
 
     return min(candidates, key=key)

@@ -12,10 +12,19 @@ from collections.abc import Mapping
 
 from benchmarks.results import Checks, DatasetResult, MethodResult
 
-__all__ = ["DIRLOSS", "GROUP_DIR", "VANILLA", "check_targets", "dataset_checks"]
+__all__ = [
+    "DIRLOSS",
+    "DIRLOSS_TAIL",
+    "GROUP_DIR",
+    "VANILLA",
+    "check_balanced_targets",
+    "check_targets",
+    "dataset_checks",
+]
 
 GROUP_DIR = "group-dir"
 DIRLOSS = "dirloss"
+DIRLOSS_TAIL = "dirloss-tail"
 VANILLA = "vanilla"
 
 
@@ -86,4 +95,70 @@ def check_targets(results: Mapping[str, DatasetResult]) -> list[str]:
         f"- dirloss bMAE best or within 1 std of the best on >= {need_best} of {n}: "
         f"{_verdict(len(best) >= need_best)} ({len(best)}/{n}: {', '.join(best) or 'none'})"
     )
+    return lines
+
+
+def _geomean(ratios: list[float]) -> float:
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+
+
+def check_balanced_targets(results: Mapping[str, DatasetResult]) -> list[str]:
+    """Verdicts under the ``dir`` protocol (balanced validation and test), on test MAE over
+    all samples and on the few-shot region (counts scale with the number of data sets):
+
+    * defaults: All MAE below vanilla on every data set, and best or within one std of the
+      best method on 6 of 9;
+    * defaults: few-shot MAE below vanilla on every data set and >= 15 % below it in
+      geometric mean;
+    * no method beats the defaults on both All and few-shot MAE on any data set;
+    * the tail operating point (``dirloss-tail``): few-shot MAE within 3 % of the best
+      method's with All MAE no worse than that method's, on 6 of 9.
+    """
+    done = {n: r for n, r in results.items() if DIRLOSS in r.methods and VANILLA in r.methods}
+    if not done:
+        return []
+    n = len(done)
+    need = math.ceil(6 * n / 9)
+    below, near, few_below, ratios, dominated, tail_ok = [], [], [], [], [], []
+    for name, r in done.items():
+        ms = r.methods
+        d, v = ms[DIRLOSS].test_mean, ms[VANILLA].test_mean
+        if d["all_mae"] < v["all_mae"]:
+            below.append(name)
+        best = min(ms, key=lambda m: ms[m].test_mean["all_mae"])
+        if d["all_mae"] <= ms[best].test_mean["all_mae"] + ms[best].test_std["all_mae"]:
+            near.append(name)
+        if d["few_mae"] < v["few_mae"]:
+            few_below.append(name)
+        ratios.append(d["few_mae"] / v["few_mae"])
+        dominated += [f"{name}: {m}" for m, mr in ms.items() if m not in (DIRLOSS, DIRLOSS_TAIL)
+                      and mr.test_mean["all_mae"] < d["all_mae"]
+                      and mr.test_mean["few_mae"] < d["few_mae"]]
+        if DIRLOSS_TAIL in ms:
+            t = ms[DIRLOSS_TAIL].test_mean
+            others = [m for m in ms if m not in (DIRLOSS, DIRLOSS_TAIL)]
+            top = min(others, key=lambda m: ms[m].test_mean["few_mae"])
+            b = ms[top].test_mean
+            if t["few_mae"] <= 1.03 * b["few_mae"] and t["all_mae"] <= b["all_mae"]:
+                tail_ok.append(name)
+    g = _geomean(ratios) - 1.0
+    lines = [
+        f"- defaults: All MAE below vanilla on {n} of {n}: {_verdict(len(below) == n)} "
+        f"({len(below)}/{n}; not on: {', '.join(k for k in done if k not in below) or 'none'})",
+        f"- defaults: All MAE best or within 1 std of the best on >= {need} of {n}: "
+        f"{_verdict(len(near) >= need)} ({len(near)}/{n})",
+        f"- defaults: few-shot MAE below vanilla on every data set: "
+        f"{_verdict(len(few_below) == n)} ({len(few_below)}/{n}; not on: "
+        f"{', '.join(k for k in done if k not in few_below) or 'none'})",
+        f"- defaults: few-shot MAE >= 15% below vanilla in geometric mean: "
+        f"{_verdict(g <= -0.15)} ({100 * g:+.1f}%)",
+        f"- no method beats the defaults on both All and few-shot MAE: {_verdict(not dominated)}"
+        + (f" ({'; '.join(dominated)})" if dominated else ""),
+    ]
+    if any(DIRLOSS_TAIL in r.methods for r in done.values()):
+        lines.append(
+            f"- tail point: few-shot MAE within 3% of the best method's, All MAE no worse, on "
+            f">= {need} of {n}: {_verdict(len(tail_ok) >= need)} ({len(tail_ok)}/{n}: "
+            f"{', '.join(tail_ok) or 'none'})"
+        )
     return lines

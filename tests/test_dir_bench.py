@@ -276,8 +276,8 @@ def test_cli_end_to_end(tmp_path):
         assert set(r["methods"]) == set(METHODS)
         assert r["protocol"]["seeds"] == 2 and r["protocol"]["config"]["epochs"] >= 1
         for m, res in r["methods"].items():
-            # one setting; a grouped method tries it with both inference modes
-            assert len(res["grid"]) == (2 if METHODS[m].grouped else 1)
+            # one setting; a grouped method tries it with each of its inference candidates
+            assert len(res["grid"]) == (len(METHODS[m].inference) if METHODS[m].grouped else 1)
             assert res["chosen"]["setting"] == 0
             assert [s["seed"] for s in res["test_per_seed"]] == [0, 1]
             assert set(res["test_mean"]) >= {
