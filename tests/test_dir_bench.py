@@ -34,7 +34,11 @@ from benchmarks.methods import (  # noqa: E402
 )
 from benchmarks.results import DatasetResult, MethodResult  # noqa: E402
 from benchmarks.selection import Candidate, Chosen, select  # noqa: E402
-from benchmarks.targets import check_targets, dataset_checks  # noqa: E402
+from benchmarks.targets import (  # noqa: E402
+    check_balanced_targets,
+    check_targets,
+    dataset_checks,
+)
 from benchmarks.training import TrainConfig, predict, train  # noqa: E402
 from dirloss import MultiExpertHead  # noqa: E402
 
@@ -252,6 +256,48 @@ def test_target_checks():
     # best or within 1 std on 2 of 2: MET
     assert sum("MET" in s and "MISSED" not in s for s in lines) == 2
     assert sum("MISSED" in s for s in lines) == 2
+
+
+def test_balanced_targets():
+    """The dir-protocol verdicts, on made-up results whose outcome is known by hand."""
+    def ds(dirloss, vanilla=(1.0, 1.0), others=None, tail=None):
+        means = {"vanilla": {"all_mae": vanilla[0], "few_mae": vanilla[1], "bmae": 1.0},
+                 "dirloss": {"all_mae": dirloss[0], "few_mae": dirloss[1], "bmae": 1.0}}
+        for name, (a, f) in (others or {}).items():
+            means[name] = {"all_mae": a, "few_mae": f, "bmae": 1.0}
+        if tail:
+            means["dirloss-tail"] = {"all_mae": tail[0], "few_mae": tail[1], "bmae": 1.0}
+        return _dataset_result("tabular", means)
+
+    # defaults below vanilla on both everywhere, -20% few in geometric mean; LDS better on few
+    # only; the tail point within 3% of LDS's few with no worse All on both data sets
+    good = {
+        "a": ds((0.9, 0.8), others={"lds": (0.95, 0.7)}, tail=(0.93, 0.71)),
+        "b": ds((0.95, 0.8), others={"lds": (1.0, 0.75)}, tail=(0.99, 0.76)),
+    }
+    lines = check_balanced_targets(good)
+    assert len(lines) == 6 and all("MET" in s and "MISSED" not in s for s in lines), lines
+    # a method better on both All and few (on b); few above vanilla on b; tail misses b
+    bad = {"a": good["a"],
+           "b": ds((0.95, 1.05), others={"bmc": (0.9, 0.9)}, tail=(0.99, 1.0))}
+    lines = check_balanced_targets(bad)
+    # All below vanilla MET; All near the best, few below vanilla, -15 % few, no dominance and
+    # the tail point MISSED
+    assert ["MISSED" not in s for s in lines] == [True, False, False, False, False, False], lines
+    assert "b: bmc" in lines[4]
+    assert check_balanced_targets({"x": _dataset_result("tabular", {"vanilla": {"bmae": 1}})}) == []
+
+
+def test_select_by_few_shot_mae():
+    """The tail row's rule: the lowest validation few-shot MAE under the same MAE guard."""
+    def cand(order, few, mae):
+        val = {"bmae": 1.0, "all_mae": mae, "few_mae": few}
+        return Candidate(order, {}, "soft", val, [val], True, None, 0.0, 0.0, order)
+
+    cands = [cand(0, 2.0, 1.0), cand(1, 1.0, 1.015), cand(2, 0.5, 1.2)]
+    assert select(cands, mae_guard=0.02, metric="few_mae").order == 1
+    assert select(cands, mae_guard=None, metric="few_mae").order == 2
+    assert select(cands, mae_guard=0.02).order == 0  # bmae ties: grid order
 
 
 def test_cli_end_to_end(tmp_path):
