@@ -1,8 +1,9 @@
 """Stage 6 of the accuracy benchmark: the files a run writes, from the result records.
 
 Per data set ``<out dir>/<dataset>.json`` (:class:`~benchmarks.results.DatasetResult`),
-``<dataset>.md`` (:func:`markdown_table`) and ``<img dir>/<dataset>-per-bin.png``
-(:func:`plot_per_bin`); over all data sets ``<out dir>/summary.md`` (:func:`summarise`).
+``<dataset>.md`` (:func:`markdown_table`), ``<img dir>/<dataset>-per-bin.png``
+(:func:`plot_per_bin`) and ``<dataset>-tradeoff.png`` (:func:`plot_tradeoff`), both drawn
+by the library's plots; over all data sets ``<out dir>/summary.md`` (:func:`summarise`).
 Everything here reads the records only, so ``--report-only`` rebuilds it from the JSON.
 """
 
@@ -13,8 +14,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from benchmarks.methods import METHODS
 from benchmarks.results import DatasetResult, MethodResult
@@ -27,12 +27,15 @@ from benchmarks.targets import (
     check_targets,
     dataset_checks,
 )
+from dirloss import plot_binned_error, plot_inference_tradeoff
+from dirloss.inference import DEFAULT_MAE_GUARD
 
 __all__ = [
     "load_results",
     "markdown_table",
     "merge_result",
     "plot_per_bin",
+    "plot_tradeoff",
     "summarise",
     "write_dataset",
 ]
@@ -138,54 +141,70 @@ def _metric_table(results: Mapping[str, DatasetResult], names: Sequence[str],
     return lines
 
 
-def plot_per_bin(result: DatasetResult, path: Path,
-                 methods: Sequence[str] = (VANILLA, GROUP_DIR, DIRLOSS)) -> Path | None:
-    """Per-bin test MAE (mean ± std over seeds) against the label, over the training
-    histogram."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_per_bin(result: DatasetResult, path: Path,
+                 methods: Sequence[str] = (VANILLA, GROUP_DIR, DIRLOSS)) -> Path | None:
+    """Per-bin test MAE (mean ± std over seeds) against the label, over the training
+    histogram, drawn by the library's :func:`dirloss.plot_binned_error` from the result."""
     present = [m for m in methods if m in result.methods]
     if not present:
         return None
-    edges = np.asarray(result.shot["bin_edges"], dtype=np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    width = np.diff(edges)
-    counts = np.asarray(result.train_counts, dtype=np.float64)
-    fig, ax_hist = plt.subplots(figsize=(8, 3.8), dpi=120)
-    shades = {"many": "0.70", "medium": "0.83", "few": "#f4c99b"}
-    for region, shade in shades.items():
-        sel = np.array([r == region for r in result.bin_regions])
-        if sel.any():
-            ax_hist.bar(centres[sel], counts[sel], width=width[sel] * 0.95, color=shade,
-                        label=f"train labels ({region}-shot bins)")
-    ax_hist.set_ylabel("training labels per bin")
-    ax_hist.set_xlabel("label")
-    ax = ax_hist.twinx()
-    colours = {VANILLA: "tab:blue", GROUP_DIR: "tab:red", DIRLOSS: "tab:green"}
-    for name in present:
-        mean = np.asarray(result.methods[name].per_bin_mae_mean, dtype=np.float64)
-        std = np.nan_to_num(np.asarray(result.methods[name].per_bin_mae_std, dtype=np.float64))
-        ok = np.isfinite(mean)
-        c = colours.get(name)
-        ax.plot(centres[ok], mean[ok], marker="o", ms=3, lw=1.5, color=c,
-                label=f"{name} test MAE")
-        ax.fill_between(centres[ok], (mean - std)[ok], (mean + std)[ok], color=c, alpha=0.2,
-                        lw=0)
-    ax.set_ylabel("test MAE per bin")
-    ax.set_ylim(bottom=0)
-    ax_hist.set_title(f"{result.dataset}: per-bin test MAE ({result.protocol.seeds} seeds) over "
-                      "the training label histogram", fontsize=9)
-    handles = ax_hist.get_legend_handles_labels()[0] + ax.get_legend_handles_labels()[0]
-    ax.legend(handles, [str(h.get_label()) for h in handles], fontsize=7, loc="upper left",
-              bbox_to_anchor=(1.13, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    fig, ax = _pyplot().subplots(figsize=(8, 3.8), dpi=120)
+    plot_binned_error(
+        {f"{m} test MAE": result.methods[m].per_bin_mae_mean for m in present},
+        result.shot["bin_edges"], result.train_counts,
+        bands={f"{m} test MAE": result.methods[m].per_bin_mae_std for m in present},
+        bin_regions=result.bin_regions, ax=ax,
+    )
+    ax.set_title(f"{result.dataset}: per-bin test MAE ({result.protocol.seeds} seeds, "
+                 f"{result.protocol.split} protocol) over the training label histogram",
+                 fontsize=9)
+    return _save(fig, path)
+
+
+def plot_tradeoff(result: DatasetResult, path: Path) -> Path | None:
+    """Overall against few-shot MAE, drawn by the library's
+    :func:`dirloss.plot_inference_tradeoff`: left, dirloss's inference candidates of its
+    chosen training on validation (its knob, what a user sees before testing), starred the
+    pick, shaded what the 2 % guard excludes; right, every method's pick on test."""
+    if DIRLOSS not in result.methods:
+        return None
+    dl = result.methods[DIRLOSS]
+    knob = {c.inference or "": (c.val["all_mae"], c.val["few_mae"]) for c in dl.grid
+            if c.setting == dl.chosen.setting and c.val is not None}
+    finite = {k: v for k, v in knob.items() if all(math.isfinite(x) for x in v)}
+    picks = {m: (r.test_mean["all_mae"], r.test_mean["few_mae"])
+             for m, r in result.methods.items()}
+    picks = {k: v for k, v in picks.items() if all(math.isfinite(x) for x in v)}
+    if not finite or DIRLOSS not in picks:
+        return None
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    chosen = dl.chosen.inference if dl.chosen.inference in finite else None
+    plot_inference_tradeoff(finite, chosen=chosen, max_mae_increase=DEFAULT_MAE_GUARD,
+                            xlabel="validation MAE (all)", ylabel="validation MAE (few-shot)",
+                            ax=left)
+    left.set_title("dirloss's inference candidates (its chosen training)", fontsize=9)
+    plot_inference_tradeoff(picks, chosen=DIRLOSS, xlabel="test MAE (all)",
+                            ylabel="test MAE (few-shot)", ax=right)
+    right.set_title(f"every method's pick ({result.protocol.seeds} seeds)", fontsize=9)
+    fig.suptitle(f"{result.dataset} ({result.protocol.split} protocol): all against few-shot "
+                 "MAE", fontsize=10)
+    return _save(fig, path)
 
 
 MERGE_KEYS = ("seeds", "select_seeds", "config", "max_grid", "max_train", "quick", "split")
@@ -221,6 +240,7 @@ def write_dataset(result: DatasetResult, out_dir: Path, img_dir: Path, *, plots:
     (out_dir / f"{result.dataset}.md").write_text(markdown_table(result))
     if plots:
         plot_per_bin(result, img_dir / f"{result.dataset}-per-bin.png")
+        plot_tradeoff(result, img_dir / f"{result.dataset}-tradeoff.png")
 
 
 KIND_ORDER = {"stsb": 0, "tabular": 1, "synthetic": 2}

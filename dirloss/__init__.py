@@ -18,7 +18,12 @@ from .inference import InferenceChoice, select_inference
 from .losses import DescendingSoftLabelLoss, GroupContrastiveLoss
 from .metrics import balanced_mae
 from .objective import GroupDIRLoss, GroupDIRLossOutput
-from .plots import plot_inference_tradeoff, plot_label_histogram, plot_per_bin_error
+from .plots import (
+    plot_binned_error,
+    plot_inference_tradeoff,
+    plot_label_histogram,
+    plot_per_bin_error,
+)
 from .ranksim import RankSimLoss
 from .reweighting import LabelDensityWeights
 from .splits import DIRSplit, dir_split
@@ -47,6 +52,7 @@ __all__ = [
     "balanced_mae",
     "dir_split",
     "functional",
+    "plot_binned_error",
     "plot_inference_tradeoff",
     "plot_label_histogram",
     "plot_per_bin_error",

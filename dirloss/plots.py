@@ -5,7 +5,7 @@ Three figures that DIR results are read from:
 * :func:`plot_label_histogram`: the training labels per evaluation bin, coloured by shot
   region, with a binner's group edges;
 * :func:`plot_per_bin_error`: the per-bin test error of one or several models over the
-  training density;
+  training density (:func:`plot_binned_error` draws per-bin errors already computed);
 * :func:`plot_inference_tradeoff`: overall against rare-label error of the inference
   candidates that :func:`~dirloss.select_inference` scored.
 
@@ -30,8 +30,8 @@ from .metrics import REGIONS, ArrayLike, _bin_index, _check_finite, _shot_bins
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["REGION_COLOURS", "plot_inference_tradeoff", "plot_label_histogram",
-           "plot_per_bin_error"]
+__all__ = ["REGION_COLOURS", "plot_binned_error", "plot_inference_tradeoff",
+           "plot_label_histogram", "plot_per_bin_error"]
 
 REGION_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52", "none": "0.75"}
 """Colour of each shot region's bins (``"none"``: bins in no fixed region)."""
@@ -263,26 +263,102 @@ def plot_per_bin_error(
     edges, counts, names = _bins(train, y, bin_edges, bin_width, many_shot, few_shot, regions)
     num_bins = edges.size - 1
     bins = _bin_index(y, edges)
+
+    means: dict[str, np.ndarray] = {}
+    bands: dict[str, np.ndarray] = {}
+    for name, pred in runs.items():
+        per_bin = np.stack([_per_bin(p, y, bins, num_bins, metric) for p in pred])
+        means[name] = per_bin.mean(axis=0)
+        if pred.shape[0] > 1:
+            bands[name] = per_bin.std(axis=0)
+    return plot_binned_error(means, edges, counts, bands=bands, bin_regions=names.tolist(),
+                             metric=metric, log=log, xlabel=xlabel, ax=ax)
+
+
+def plot_binned_error(
+    errors: Mapping[str, ArrayLike],
+    bin_edges: ArrayLike,
+    train_counts: ArrayLike,
+    *,
+    bands: Mapping[str, ArrayLike] | None = None,
+    bin_regions: Sequence[str | None] | None = None,
+    metric: str = "mae",
+    log: bool = False,
+    xlabel: str = "label",
+    ax: Axes | None = None,
+) -> Axes:
+    r"""Per-bin errors already computed (e.g. means over seeds read back from a results
+    file), drawn as :func:`plot_per_bin_error` draws them.
+
+    Args:
+        errors: ``{name: (B,) per-bin error}``; NaN marks a bin without test samples (not
+            drawn).
+        bin_edges: (B + 1,) increasing edges.
+        train_counts: (B,) training labels per bin (the bars).
+        bands: ``{name: (B,) half-width}`` of a band around a curve (e.g. the std over
+            seeds); names not in ``errors`` are ignored.
+        bin_regions: the region of each bin (``"many"`` | ``"medium"`` | ``"few"`` | None),
+            which colours its bar; default every bar in the "none" colour.
+        metric: the error's name for the y-axis label (``"mae"`` | ``"mse"``).
+        log: a log-scaled training-density axis.
+        xlabel: the x-axis label.
+        ax: the axes for the error curves; default a new figure.
+
+    Returns:
+        The matplotlib ``Axes`` of the error curves.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: shapes that do not match the B bins, edges not increasing, no curve.
+
+    Example:
+        >>> ax = plot_binned_error({"model": [1.0, 2.0, float("nan")]}, [0, 1, 2, 3],
+        ...                        [50, 10, 1], bin_regions=["many", "medium", "few"])
+        ... # doctest: +SKIP
+    """
+    if metric not in _PER_BIN:
+        raise ValueError(f"expected metric in {_PER_BIN}, got {metric!r}")
+    edges = as_float64_array(bin_edges).reshape(-1)
+    if edges.size < 2 or not np.all(np.diff(edges) > 0) or not np.isfinite(edges).all():
+        raise ValueError(f"expected (B + 1,) finite increasing bin_edges, got {edges.tolist()}")
+    num_bins = edges.size - 1
+    counts = as_float64_array(train_counts).reshape(-1)
+    if counts.size != num_bins:
+        raise ValueError(f"expected train_counts of shape ({num_bins},), got ({counts.size},)")
+    if not errors:
+        raise ValueError("expected the per-bin errors of at least one model, got none")
+    regions = np.array(["none" if r is None else str(r) for r in (
+        bin_regions if bin_regions is not None else [None] * num_bins)])
+    if regions.size != num_bins:
+        raise ValueError(f"expected {num_bins} bin_regions, got {regions.size}")
+    curves = {}
+    for name, values in errors.items():
+        curve = as_float64_array(values).reshape(-1)
+        band = None if bands is None or name not in bands else (
+            as_float64_array(bands[name]).reshape(-1))
+        for what, v in (("errors", curve), ("bands", band)):
+            if v is not None and v.size != num_bins:
+                raise ValueError(f"expected {what}[{name!r}] of shape ({num_bins},), got "
+                                 f"({v.size},)")
+        curves[str(name)] = (curve, band)
     centres = (edges[:-1] + edges[1:]) / 2
 
     ax = _axes(ax, (8.0, 3.8))
     hist = ax.twinx()
-    _region_bars(hist, edges, counts, names, alpha=0.35)
+    _region_bars(hist, edges, counts, regions, alpha=0.35)
     hist.set_ylabel("training labels per bin" + (" (log)" if log else ""))
     if log:
         hist.set_yscale("log")
         hist.set_ylim(0.6, max(float(counts.max()), 1.0) * 2.0)
     ax.set_zorder(hist.get_zorder() + 1)  # the curves over the bars
     ax.patch.set_visible(False)
-    for name, pred in runs.items():
-        per_bin = np.stack([_per_bin(p, y, bins, num_bins, metric) for p in pred])
-        filled = np.isfinite(per_bin[0])
-        mean = per_bin.mean(axis=0)
+    for name, (mean, band) in curves.items():
+        filled = np.isfinite(mean)
         (line,) = ax.plot(centres[filled], mean[filled], marker="o", markersize=3,
                           linewidth=1.5, label=name)
-        if pred.shape[0] > 1:
-            std = per_bin.std(axis=0)
-            ax.fill_between(centres[filled], (mean - std)[filled], (mean + std)[filled],
+        if band is not None:
+            b = np.nan_to_num(band)
+            ax.fill_between(centres[filled], (mean - b)[filled], (mean + b)[filled],
                             color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlim(float(edges[0]), float(edges[-1]))
     ax.set_ylim(bottom=0)

@@ -333,6 +333,7 @@ def test_cli_end_to_end(tmp_path):
         assert math.isfinite(r["methods"]["vanilla"]["test_mean"]["all_mae"])
         assert "| vanilla |" in (out / f"{name}.md").read_text()
         assert (img / f"{name}-per-bin.png").stat().st_size > 1000
+        assert (img / f"{name}-tradeoff.png").stat().st_size > 1000
         assert r["checks"]  # vanilla and group-dir are both present
     summary = (out / "summary.md").read_text()
     assert "## Targets" in summary and "synthetic" in summary

@@ -15,6 +15,7 @@ import torch
 from dirloss import (
     GroupBinner,
     MultiExpertHead,
+    plot_binned_error,
     plot_inference_tradeoff,
     plot_label_histogram,
     plot_per_bin_error,
@@ -135,6 +136,57 @@ def test_per_bin_error_seeds_band_and_mse() -> None:
     assert len(ax.collections) == 1  # the +-1 std band
     (line,) = ax.get_lines()
     assert line.get_label() == "model" and len(line.get_xdata()) == 5
+
+
+@needs_matplotlib
+def test_binned_error_draws_given_values_and_bands(tmp_path: Path) -> None:
+    edges, counts = [0.0, 1.0, 2.0, 4.0], [50, 10, 2]
+    ax = plot_binned_error({"a": [1.0, 2.0, math.nan], "b": [0.5, 0.5, 0.7]}, edges, counts,
+                           bands={"a": [0.1, 0.2, 0.3], "ignored": [1, 1, 1]},
+                           bin_regions=["many", "medium", "few"], metric="mse")
+    assert ax.get_ylabel() == "test MSE per bin"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["a"].get_xdata()) == [0.5, 1.5]  # the NaN bin is not drawn
+    assert list(lines["a"].get_ydata()) == [1.0, 2.0]
+    assert list(lines["b"].get_xdata()) == [0.5, 1.5, 3.0]
+    assert len(ax.collections) == 1  # one band, for "a"
+    twin = [a for a in ax.figure.axes if a is not ax][0]
+    bars = _bars(twin)
+    assert [h for h, _ in bars.values()] == counts
+    assert [c for _, c in bars.values()] == [
+        to_rgba(REGION_COLOURS[r], 0.35) for r in ("many", "medium", "few")]
+    _save(ax, tmp_path / "binned.png")
+
+
+@needs_matplotlib
+def test_per_bin_error_is_binned_error_of_its_per_bin_means() -> None:
+    """plot_per_bin_error draws exactly what plot_binned_error draws from the per-bin means."""
+    train, y, pred = _data()
+    ax = plot_per_bin_error(pred, y, train, many_shot=400, few_shot=150)
+    (line,) = ax.get_lines()
+    bins = np.clip(np.floor(y.numpy()), 0, 9).astype(int)
+    err = np.abs(pred.double().numpy() - y.double().numpy())
+    means = [err[bins == b].mean() for b in range(10)]
+    counts = np.bincount(np.clip(np.floor(train.numpy()), 0, 9).astype(int), minlength=10)
+    again = plot_binned_error({"model": means}, np.arange(11.0), counts)
+    np.testing.assert_allclose(again.get_lines()[0].get_ydata(), line.get_ydata(), rtol=1e-9)
+
+
+def test_binned_error_bad_input() -> None:
+    with pytest.raises(ValueError, match="increasing bin_edges"):
+        plot_binned_error({"a": [1.0]}, [1.0, 0.0], [3])
+    with pytest.raises(ValueError, match=r"train_counts of shape \(2,\)"):
+        plot_binned_error({"a": [1.0, 2.0]}, [0, 1, 2], [3])
+    with pytest.raises(ValueError, match=r"expected errors\['a'\] of shape \(2,\)"):
+        plot_binned_error({"a": [1.0]}, [0, 1, 2], [3, 4])
+    with pytest.raises(ValueError, match=r"expected bands\['a'\] of shape \(2,\)"):
+        plot_binned_error({"a": [1.0, 2.0]}, [0, 1, 2], [3, 4], bands={"a": [1.0]})
+    with pytest.raises(ValueError, match="at least one model"):
+        plot_binned_error({}, [0, 1], [3])
+    with pytest.raises(ValueError, match="expected 2 bin_regions"):
+        plot_binned_error({"a": [1.0, 2.0]}, [0, 1, 2], [3, 4], bin_regions=["few"])
+    with pytest.raises(ValueError, match="metric"):
+        plot_binned_error({"a": [1.0]}, [0, 1], [3], metric="rmse")
 
 
 def test_per_bin_error_bad_input() -> None:
