@@ -151,6 +151,8 @@ def summarize(out_dir: Path, plot: Path | None = DEFAULT_PLOT) -> str:
 
 
 def _plot(results: Mapping[str, list[FinetuneResult]], path: Path) -> None:
+    """Per-bin test MSE (mean ± std over seeds) of every method over the training pairs,
+    drawn by the library's :func:`dirloss.plot_binned_error`."""
     try:
         import matplotlib
 
@@ -159,33 +161,29 @@ def _plot(results: Mapping[str, list[FinetuneResult]], path: Path) -> None:
     except ImportError:  # pragma: no cover
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
+    from dirloss import plot_binned_error
     from dirloss.metrics import stsb_dir_regions
 
     edges = stsb_shot_kwargs()["bin_edges"]
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True,
-                                  gridspec_kw={"height_ratios": [3, 1]})
-    for k in stsb_dir_regions()["few"]:
-        for a in (ax, ax2):
-            a.axvspan(edges[k], edges[k + 1], color="0.92", lw=0)
+    region_of: list[str | None] = [None] * (len(edges) - 1)
+    for region, bins in stsb_dir_regions().items():
+        for k in bins:
+            region_of[k] = region
+    means, bands = {}, {}
     for m, rs in results.items():
         with warnings.catch_warnings():  # a bin without test pairs (subset runs) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            per_bin = np.nanmean(np.asarray([r.test.per_bin_mse for r in rs], dtype=np.float64),
-                                 axis=0)
-        valid = ~np.isnan(per_bin)  # bins without test pairs are skipped, not gaps
-        mse = np.mean([r.test.all.mse for r in rs])
-        ax.plot(centres[valid], per_bin[valid], marker=".", lw=1.8 if m == "dirloss" else 0.9,
-                label=f"{ALL_METHODS[m].label} (MSE {mse:.3f})")
-    ax.set_ylabel("test MSE per 0.1 bin")
+            per_bin = np.asarray([r.test.per_bin_mse for r in rs], dtype=np.float64)
+            name = f"{ALL_METHODS[m].label} (MSE {np.mean([r.test.all.mse for r in rs]):.3f})"
+            means[name] = np.nanmean(per_bin, axis=0)
+            if len(rs) > 1:
+                bands[name] = np.nanstd(per_bin, axis=0)
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    plot_binned_error(means, edges, next(iter(results.values()))[0].train_counts, bands=bands,
+                      bin_regions=region_of, metric="mse", xlabel="similarity score", ax=ax)
     seeds = len(next(iter(results.values())))
-    ax.set_title(f"STS-B-DIR, fine-tuned MiniLM cross-encoder, mean over {seeds} seed(s); "
-                 "grey: few-shot bins", fontsize=10)
-    ax.legend(fontsize=8)
-    ax2.bar(centres, next(iter(results.values()))[0].train_counts, width=0.09, color="0.5")
-    ax2.set_ylabel("training pairs")
-    ax2.set_xlabel("similarity score")
-    fig.tight_layout()
+    ax.set_title(f"STS-B-DIR, fine-tuned MiniLM cross-encoder, mean over {seeds} seed(s)",
+                 fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
