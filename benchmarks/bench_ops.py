@@ -6,7 +6,7 @@ set-up, reset through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocat
 variants of one size (ours, the floor, eager and compiled) are timed in alternation, so
 that drift of a shared machine hits them alike; the Python-loop baselines run alone.
 
-    python benchmarks/bench_ops.py                    # full CPU run (~5 min on 2 cores)
+    python benchmarks/bench_ops.py                    # full CPU run (minutes on 2 cores)
     python benchmarks/bench_ops.py --quick            # CI smoke run
     python benchmarks/bench_ops.py --device cuda
 
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (CI)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--ops", nargs="*", choices=list(OPS),
-                        help="only these ops (contrastive, span, soft_label, head, train_step)")
+                        help="only these ops (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default results/ops-<device>.json)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)

@@ -1,5 +1,7 @@
 """Smoke tests of benchmarks/bench_ops.py: the CI-sized run works end to end and its
-rules (which loop sizes are skipped, how memory is measured) do what they say."""
+rules (which loop sizes are skipped, how memory is measured) do what they say; the newer
+losses' baselines compute what the library computes, so that their rows time like with
+like."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if not (Path(__file__).resolve().parents[1] / "benchmarks").is_dir():  # e.g. the sdist
@@ -16,6 +19,17 @@ if not (Path(__file__).resolve().parents[1] / "benchmarks").is_dir():  # e.g. th
                 allow_module_level=True)
 
 from benchmarks import bench_ops  # noqa: E402
+from benchmarks.ops.field_cases import (  # noqa: E402
+    BASELINES,
+    COMPILED,
+    FEATURE_OPS,
+    FIELD_OPS,
+    field_impls,
+    field_step,
+    field_variants,
+)
+from benchmarks.ops.runner import plan  # noqa: E402
+from benchmarks.reference_ops import ranksim_row_loop  # noqa: E402
 
 SCRIPT = Path(bench_ops.__file__)
 
@@ -30,7 +44,14 @@ def test_quick_run_times_every_case_and_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["command"].startswith("python benchmarks/bench_ops.py --quick")
     rows = report["rows"]
-    assert {r["op"] for r in rows} == {"contrastive", "span", "soft_label", "head", "train_step"}
+    assert {r["op"] for r in rows} == {"contrastive", "span", "soft_label", "head", "train_step",
+                                       *FIELD_OPS}
+    assert {(r["op"], r["impl"]) for r in rows if r["op"] in FIELD_OPS} == {
+        (op, impl) for op in FIELD_OPS for impl in field_impls(op, compiled=False)
+    }
+    assert {r["n"] for r in rows if r["op"] in FIELD_OPS} == {256}
+    assert "### Newer losses vs their official code" in done.stdout
+    assert "### Issue 17 targets (this run)" in done.stdout
     assert {(r["impl"], r["span"]) for r in rows if r["op"] == "span"} == {
         (impl, span) for impl in ("grouped", "continuous") for span in (16, 256)
     }
@@ -113,3 +134,91 @@ def test_loop_is_skipped_by_memory_and_by_extrapolated_time():
     assert "extrapolated" in bench_ops.loop_skip_reason(case, timed)  # ~128 s at 1024
     timed = {("contrastive", "rnc-loop", 256, 128): {"median_ms": 50.0}}
     assert bench_ops.loop_skip_reason(case, timed) == ""
+
+
+def test_full_plan_has_every_newer_loss_at_every_size_with_its_baseline():
+    cases = [c for c in plan(quick=False, device="cpu") if c.op in FIELD_OPS]
+    for op in FIELD_OPS:
+        sizes = {c.n for c in cases if c.op == op}
+        assert 256 in sizes and len(sizes) > 1
+        for n in sizes:
+            impls = {c.impl for c in cases if c.op == op and c.n == n}
+            assert {"dirloss", BASELINES[op]} <= impls
+            assert ("floor" in impls) == (op in ("bmc", "ranksim", "conr"))
+            assert ("dirloss+compile" in impls) == (op in COMPILED)
+        assert all((c.d is not None) == (op in FEATURE_OPS) for c in cases if c.op == op)
+
+
+@pytest.mark.parametrize("op", FIELD_OPS)
+def test_every_newer_loss_step_runs(op):
+    for impl in field_impls(op, compiled=False):
+        step = field_step(op, impl, 16, 8, "cpu")
+        step()
+        step()  # again: state kept between steps (FDS's epochs, gradients) is fine
+
+
+@pytest.mark.parametrize("op", COMPILED)
+def test_compiled_newer_loss_step_runs(op):
+    torch._dynamo.reset()
+    step = field_step(op, "dirloss+compile", 16, 8, "cpu")
+    step()
+    step()
+
+
+# LDS: the official weights round 1 / n to float32 (relative 6e-8) before scaling
+_RTOL = {"lds_mse": 1e-6}
+
+
+@pytest.mark.parametrize("op", FIELD_OPS)
+def test_baseline_computes_what_dirloss_computes(op):
+    # float64, one set of inputs: the loss (FDS: the calibrated features, or the four tables
+    # of statistics) and its gradient in every input and noise scale under one cotangent
+    variants = field_variants(op, 24, 6, "cpu", torch.float64)
+    results = {}
+    for impl in ("dirloss", BASELINES[op]):
+        for leaf in variants.leaves:
+            leaf.grad = None
+        out = variants.forward[impl]()
+        grads = []
+        if out.requires_grad:
+            cotangent = torch.randn(out.shape, dtype=out.dtype,
+                                    generator=torch.Generator().manual_seed(1))
+            out.backward(cotangent)
+            grads = [leaf.grad.clone() for leaf in variants.leaves]
+        results[impl] = (out.detach().clone(), grads)
+    (ours, our_grads), (base, base_grads) = results["dirloss"], results[BASELINES[op]]
+    rtol = _RTOL.get(op, 1e-10)
+    assert ours.abs().sum() > 0  # not a trivial zero (ConR: some anchors have negatives)
+    torch.testing.assert_close(base.to(ours.dtype), ours, rtol=rtol, atol=rtol)
+    assert len(our_grads) == len(base_grads) == len(variants.leaves)
+    for a, b in zip(base_grads, our_grads):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol)
+
+
+def test_ranksim_loop_keeps_one_sample_per_repeated_label():
+    # integer labels repeat: the official code's sampling loop runs and ranks M < N rows
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(32, 8, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 10, (32,), generator=gen).double()
+    loss = ranksim_row_loop(features.double(), labels, 2.0, gen)
+    loss.backward()
+    assert torch.isfinite(loss) and features.grad is not None
+    kept = int((features.grad.abs().sum(dim=1) > 0).sum())
+    assert kept <= len(torch.unique(labels))
+
+
+def test_issue_17_targets_say_met_or_missed_per_loss():
+    def row(op, impl, ms):
+        return {"op": op, "impl": impl, "n": 256, "median_ms": ms, "q1_ms": ms, "q3_ms": ms}
+
+    rows = [row("bmc", "dirloss", 1.0), row("bmc", "official", 2.0),
+            row("conr", "dirloss", 3.0), row("conr", "official-loop", 2.0)]
+    lines = bench_ops.issue_targets(rows)
+    measured = {line.split(" | ")[0].lstrip("| "): line.rsplit(" | ", 1)[1].rstrip(" |")
+                for line in lines if line.startswith("| ") and "limit" not in line}
+    assert measured["BMCLoss (bmc) vs official code, N=256"] == "0.50x MET"
+    assert measured["ConRLoss (conr) vs official code, N=256"] == "1.50x MISSED"
+    assert measured["RankSimLoss (ranksim) vs official code, N=256"] == "-"  # not run
+    assert measured["none slower than the official code, N=256"] == "MISSED: conr"
+    met = [row(op, impl, 1.0) for op in FIELD_OPS for impl in ("dirloss", BASELINES[op])]
+    assert bench_ops.issue_targets(met)[-1].endswith("| MET |")

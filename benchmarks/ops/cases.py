@@ -1,5 +1,6 @@
 """The measured cases of the ops benchmark: :class:`Case` names one, :func:`make_step`
-builds the step it times (forward + backward of one op, or one optimiser step).
+builds the step it times (forward + backward of one op, or one optimiser step). The newer
+losses' cases (issue 17) are built in :mod:`.field_cases`.
 
 Every step works on fresh random inputs drawn from fixed seeds, so two processes (the timing
 run and a memory subprocess) measure the same thing.
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.ops.field_cases import FIELD_OPS, field_step
 from benchmarks.reference_ops import rnc_column_loop, soft_label_loop
 from dirloss import DescendingSoftLabelLoss, GroupBinner, GroupDIRLoss, MultiExpertHead
 from dirloss.functional import DEFAULT_TEMPERATURE, group_contrastive_loss
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 NUM_GROUPS = 10
-OPS = ("contrastive", "span", "soft_label", "head", "train_step")
+OPS = ("contrastive", "span", "soft_label", "head", "train_step", *FIELD_OPS)
 
 Step = Callable[[], None]
 T = TypeVar("T")
@@ -45,9 +47,10 @@ class Case:
     """One measured configuration.
 
     Attributes:
-        op: ``"contrastive"``, ``"span"``, ``"soft_label"``, ``"head"`` or ``"train_step"``.
-        impl: the variant (``"dirloss"``, ``"floor"``, ``"rnc-loop"``, ``"+compile"``
-            suffixes, ...; see each step builder).
+        op: ``"contrastive"``, ``"span"``, ``"soft_label"``, ``"head"``, ``"train_step"``,
+            or one of the newer losses' :data:`~.field_cases.FIELD_OPS`.
+        impl: the variant (``"dirloss"``, ``"floor"``, ``"rnc-loop"``, ``"official-loop"``,
+            ``"+compile"`` suffixes, ...; see each step builder).
         device: ``"cpu"`` or ``"cuda"``.
         n, d: batch size and feature width (ops that have them).
         span: the labels' span (``"span"`` op).
@@ -285,4 +288,6 @@ def make_step(case: Case) -> Step:
                          case.device)
     if case.op == "train_step":
         return train_step(case.impl, _need(case.model, "model", case), case.device)
+    if case.op in FIELD_OPS:
+        return field_step(case.op, case.impl, _need(case.n, "n", case), case.d, case.device)
     raise ValueError(f"expected an op among {OPS}, got {case.op!r}")

@@ -1,4 +1,4 @@
-"""The ops benchmark's report: markdown tables and issue 12's targets.
+"""The ops benchmark's report: markdown tables and the targets of issues 12 and 17.
 
 Everything here reads the rows as the JSON file holds them (:meth:`.runner.Row.to_json`),
 so a report can be rebuilt from a results file; ``"-"`` marks what a run did not measure.
@@ -13,9 +13,18 @@ from typing import Any
 
 import torch
 
+from benchmarks.ops.field_cases import BASELINES, FIELD_OPS, FLOORED, TITLES
 from benchmarks.ops.runner import CONTRAST_EXTRA
 
-__all__ = ["extra_contrast_table", "issue_targets", "machine", "span_table", "tables"]
+__all__ = [
+    "extra_contrast_table",
+    "field_table",
+    "field_targets",
+    "issue_targets",
+    "machine",
+    "span_table",
+    "tables",
+]
 
 JsonRow = Mapping[str, Any]
 """One row of the JSON file: the case's keys and what was measured."""
@@ -104,6 +113,7 @@ def tables(rows: Sequence[JsonRow]) -> str:
     out += extra_contrast_table(every)
     out += span_table([r for r in rows if r["op"] == "span"])
     out += _ratio_tables(rows)
+    out += field_table(rows)
     return "\n".join(out)
 
 
@@ -172,6 +182,67 @@ def issue_targets(rows: Sequence[JsonRow]) -> list[str]:
                f"| {_ratio(step('group-dir'), step('mse'))} |")
     out.append(f"| (bound) MLP step, MSE + the contrastive floor vs MSE | - "
                f"| {_ratio(step('mse+floor'), step('mse'))} |")
+    return out + field_targets(rows)
+
+
+def _field_keyed(rows: Sequence[JsonRow]) -> dict[tuple[Any, ...], JsonRow]:
+    return {(r["op"], r["impl"], r["n"]): r for r in rows if r["op"] in FIELD_OPS}
+
+
+def field_table(rows: Sequence[JsonRow]) -> list[str]:
+    """The newer losses (issue 17): dirloss against the official code's way of computing the
+    same thing and, for the losses with an N x N core, the floor."""
+    keyed = _field_keyed(rows)
+    if not keyed:
+        return []
+    out = ["\n### Newer losses vs their official code, forward+backward, ms: median (IQR)\n",
+           "`official code`: its Python loops (`official-loop`, timed alone) for lds_mse, fds, "
+           "fds_update, ranksim and conr; its vectorised code (`official`, timed in alternation "
+           "with dirloss) for bmc, bni and gai. `floor`: the N x N core alone. `fds_update`: "
+           "one epoch's statistics of N features (no backward).\n",
+           "| loss | op | N | dirloss | official code | floor | dirloss+compile | vs official "
+           "| vs floor |", "|---" * 9 + "|"]
+    for op in FIELD_OPS:
+        for n in sorted({n for (o, _, n) in keyed if o == op}):
+            get = functools.partial(_field_get, keyed, op, n)
+            ours, official, floor = get("dirloss"), get(BASELINES[op]), get("floor")
+            floor_time, vs_floor = ((_fmt(floor), _ratio(ours, floor)) if op in FLOORED
+                                    else ("n/a", "n/a"))
+            out.append(f"| {TITLES[op]} | {op} | {n} | {_fmt(ours)} | {_fmt(official)} "
+                       f"| {floor_time} | {_fmt(get('dirloss+compile'))} "
+                       f"| {_ratio(ours, official)} | {vs_floor} |")
+    return out
+
+
+def _field_get(keyed: Mapping[tuple[Any, ...], JsonRow], op: str, n: int, impl: str) -> JsonRow:
+    return keyed.get((op, impl, n), {})
+
+
+def field_targets(rows: Sequence[JsonRow], n: int = 256) -> list[str]:
+    """Issue 17's speed target: no newer loss slower than its official code at N = ``n``;
+    MET or MISSED per loss, "-" where a loss was not timed at that size."""
+    keyed = _field_keyed(rows)
+    out = ["\n### Issue 17 targets (this run)\n", "| target | limit | measured |", "|---|---|---|"]
+    missed, met = [], 0
+    for op in FIELD_OPS:
+        get = functools.partial(_field_get, keyed, op, n)
+        ours, official = get("dirloss"), get(BASELINES[op])
+        ratio = _ratio(ours, official)
+        if ratio != "-":
+            if ours["median_ms"] > official["median_ms"]:
+                missed.append(op)
+                ratio += " MISSED"
+            else:
+                met += 1
+                ratio += " MET"
+        out.append(f"| {TITLES[op]} ({op}) vs official code, N={n} | <= 1x | {ratio} |")
+    if missed:
+        overall = "MISSED: " + ", ".join(missed)
+    elif met == len(FIELD_OPS):
+        overall = "MET"
+    else:
+        overall = f"- ({met} of {len(FIELD_OPS)} timed, none slower)" if met else "-"
+    out.append(f"| none slower than the official code, N={n} | all <= 1x | {overall} |")
     return out
 
 

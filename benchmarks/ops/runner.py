@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
 from benchmarks.ops.cases import Case
+from benchmarks.ops.field_cases import FEATURE_OPS, FIELD_OPS, field_impls
 from benchmarks.ops.measure import Timing, measure_memory, time_case, time_interleaved
 
 T = TypeVar("T")
@@ -30,6 +31,8 @@ __all__ = [
     "BASELINE_LOOPS",
     "CONTRAST_EXTRA",
     "EAGER_MEASURED",
+    "FIELD_D",
+    "FIELD_SIZES",
     "LOOP_BUDGET_S",
     "LOOP_MEMORY_BUDGET_GB",
     "MIN_TIMED_S",
@@ -50,8 +53,12 @@ SPANS = [16, 64, 128, 256, 512]
 MIN_TIMED_S = 0.5
 """Fast cases repeat until about this much time is timed (full runs)."""
 
-BASELINE_LOOPS = ("rnc-loop", "loop")
+BASELINE_LOOPS = ("rnc-loop", "loop", "official-loop")
 """Python loops: timed alone, they churn the caches."""
+FIELD_SIZES = [256, 1024, 4096]
+"""Batch sizes of the newer losses' ops (quick runs: 256, the size of issue 17's target)."""
+FIELD_D = 128
+"""Feature width of the newer losses' ops on features."""
 CONTRAST_EXTRA = ("dirloss-default", "continuous")
 """Contrastive rows beside the main table (issue 12): the default call without num_groups
 and the continuous-label (sort) kernel, timed in alternation with dirloss and the floor."""
@@ -110,6 +117,9 @@ def plan(quick: bool, device: str) -> list[Case]:
     if not quick:  # what bounds the MLP step
         cases += [Case("train_step", v, device, model="mlp")
                   for v in ("mse+floor", "group-dir-no-grc")]
+    cases += [Case(op, impl, device, n=n, d=FIELD_D if op in FEATURE_OPS else None)
+              for op in FIELD_OPS for n in ([256] if quick else FIELD_SIZES)
+              for impl in field_impls(op, compiled=not quick)]
     return cases
 
 
