@@ -112,4 +112,7 @@ class LabelBins(Fitted):
     def _bin(self, target: Tensor) -> Tensor:
         """The bin of each label, int64 in ``[0, B)``: a label on an inner edge belongs to
         the bin above; labels outside the edges take the first or last bin."""
-        return torch.bucketize(target.to(torch.float64), self.bin_edges[1:-1], right=True)
+        # contiguous, as bucketize wants (a column of a wider target is strided)
+        return torch.bucketize(
+            target.to(torch.float64).contiguous(), self.bin_edges[1:-1], right=True
+        )

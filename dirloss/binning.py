@@ -256,7 +256,9 @@ class GroupBinner(Float64Buffers):
         if y.dim() > 1 and y.shape[-1] == 1:
             y = y.squeeze(-1)
         inner = self.edges[1:-1]
-        return torch.bucketize(y.to(inner.dtype), inner, right=True)
+        # contiguous: a column of a wider target (target[:, 0]) is strided, and bucketize
+        # would copy it anyway, with a warning
+        return torch.bucketize(y.to(inner.dtype).contiguous(), inner, right=True)
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, strategy={self.strategy!r}, fitted={self._fitted}"

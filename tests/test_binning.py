@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -81,7 +82,8 @@ def test_uniform_edges_default_to_label_range(num_groups):
 
 def test_uniform_edges_with_low_high():
     labels = torch.tensor([10.0, 20.0, 30.0])
-    binner = GroupBinner(4, low=0.0, high=100.0).fit(labels)
+    with pytest.warns(UserWarning, match="2 of 4 groups hold no training label"):  # [50, 100]
+        binner = GroupBinner(4, low=0.0, high=100.0).fit(labels)
     assert edges_of(binner) == [0.0, 25.0, 50.0, 75.0, 100.0]
     # one side given, the other from the data
     binner = GroupBinner(2, low=0.0).fit(labels)
@@ -182,7 +184,7 @@ def test_forward_float32_input_matches_loop(device):
 
 
 def test_nan_lands_in_last_group():
-    binner = GroupBinner(3).fit([0.0, 3.0])
+    binner = GroupBinner(3).fit([0.0, 1.5, 3.0])
     assert binner(torch.tensor([float("nan"), float("inf"), -float("inf")])).tolist() == [2, 2, 0]
 
 
@@ -192,8 +194,11 @@ def test_counts_are_bincount_of_training_groups():
     assert binner.counts.dtype == torch.long
     assert binner.counts.tolist() == ref_counts(labels, edges_of(binner))
     assert binner.counts.tolist() == torch.bincount(binner(labels), minlength=6).tolist()
-    # refit replaces (does not accumulate) the counts
-    binner.fit(labels[:10])
+    # refit replaces (does not accumulate) the counts; 10 skewed labels may leave a group
+    # empty, which is not what this checks
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*hold no training label", category=UserWarning)
+        binner.fit(labels[:10])
     assert binner.counts.sum().item() == 10
 
 
@@ -228,7 +233,8 @@ def test_batch_of_one_keeps_its_batch_dimension():
 
 def test_fit_with_a_single_label_and_explicit_edges():
     # fit([x]) bins a (1,) vector; the counts must still be a (G,) bincount.
-    binner = GroupBinner(2, edges=[0.0, 1.0, 2.0]).fit([1.5])
+    with pytest.warns(UserWarning, match="1 of 2 groups hold no training label"):
+        binner = GroupBinner(2, edges=[0.0, 1.0, 2.0]).fit([1.5])
     assert binner.counts.tolist() == [0, 1]
 
 
@@ -253,7 +259,37 @@ def test_fit_accepts_tensor_ndarray_sequence(labels):
 
 def test_fit_returns_self():
     binner = GroupBinner(3)
-    assert binner.fit([0.0, 1.0]) is binner
+    assert binner.fit([0.0, 0.5, 1.0]) is binner
+
+
+def test_fit_warns_of_empty_groups_at_the_callers_line():
+    # An empty group's expert never trains: fit says how many groups are empty, pointing at
+    # the fit call (stacklevel), and stays quiet when every group holds a label.
+    message = r"^2 of 5 groups hold no training label, .* or strategy='quantile'$"
+    with pytest.warns(UserWarning, match=message) as record:
+        GroupBinner(5, low=0.0, high=5.0).fit([0.5, 1.5, 4.5])
+    assert [w.filename for w in record] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GroupBinner(5, low=0.0, high=5.0).fit([0.5, 1.5, 2.5, 3.5, 4.5])
+
+
+def test_a_strided_label_column_bins_without_a_copy_warning():
+    # A column of a wider float64 target (target[:, 0]) is strided; torch.bucketize warns
+    # about (and copies) a non-contiguous input. torch warns once per process, so make it
+    # warn always for this check.
+    binner = GroupBinner(4).fit(torch.linspace(0.0, 1.0, 20, dtype=torch.float64))
+    column = torch.rand(8, 2, dtype=torch.float64)[:, 1]
+    assert not column.is_contiguous()
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = binner(column)
+    finally:
+        torch.set_warn_always(always)
+    assert torch.equal(got, binner(column.contiguous()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +345,8 @@ def test_all_equal_labels_raise(strategy):
         GroupBinner(3, strategy=strategy).fit([4.0, 4.0, 4.0])
     # a fixed range makes all-equal labels fine for "uniform"
     if strategy == "uniform":
-        binner = GroupBinner(3, low=0.0, high=6.0).fit([4.0, 4.0, 4.0])
+        with pytest.warns(UserWarning, match="2 of 3 groups hold no training label"):
+            binner = GroupBinner(3, low=0.0, high=6.0).fit([4.0, 4.0, 4.0])
         assert binner.counts.tolist() == [0, 0, 3]
 
 
@@ -360,7 +397,8 @@ def test_label_std_of_explicit_edges():
     labels = [0.5, 2.0, 2.5, 9.0, 3.0]
     binner.fit(labels)
     assert math.isclose(binner.label_std.item(), ref_std(labels), rel_tol=1e-12)
-    binner.fit([2.0, 2.0])  # no spread: back to the uniform law's std, never 0
+    with pytest.warns(UserWarning, match="2 of 3 groups hold no training label"):
+        binner.fit([2.0, 2.0])  # no spread: back to the uniform law's std, never 0
     assert math.isclose(binner.label_std.item(), 10.0 / math.sqrt(12.0), rel_tol=1e-15)
 
 
@@ -425,11 +463,11 @@ def test_loading_unfitted_state_keeps_unfitted():
 
 
 def test_buffers_move_with_device(device):
-    binner = GroupBinner(3).fit(torch.rand(20)).to(device)
+    binner = GroupBinner(3).fit(torch.linspace(0.0, 1.0, 20)).to(device)  # no empty group
     for name in ("edges", "counts", "centers", "label_std"):
         assert getattr(binner, name).device.type == device.type
     assert binner.edges.dtype == torch.float64 and binner.label_std.dtype == torch.float64
-    binner.fit(torch.rand(20, device=device))  # fitting labels on the device works too
+    binner.fit(torch.linspace(0.0, 1.0, 20, device=device))  # labels on the device work too
     assert binner.counts.sum().item() == 20
 
 
@@ -450,7 +488,12 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 def test_binning_is_monotone_and_in_range(train, test, num_groups, strategy):
     binner = GroupBinner(num_groups, strategy=strategy)
     try:
-        binner.fit(train)
+        # few or clustered labels leave groups empty; binning is still monotone
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*hold no training label", category=UserWarning
+            )
+            binner.fit(train)
     except ValueError:  # quantile ties from too few labels
         return
     y = torch.tensor(sorted(test), dtype=torch.float64)
@@ -506,10 +549,10 @@ def test_reloaded_binner_is_fitted():
 # GroupBinner state_dict saves strategy, low, high (and explicit edges)
 # ---------------------------------------------------------------------------------------------
 def test_binner_settings_round_trip():
-    labels, other = torch.linspace(1.0, 9.0, 50), torch.rand(80) ** 2 * 20
+    labels, other = torch.linspace(0.0, 9.0, 50), torch.rand(80) ** 2 * 20
     cases = [
         GroupBinner(4, low=0.0, high=10.0),
-        GroupBinner(4, low=-5.0),
+        GroupBinner(4, low=-1.0),
         GroupBinner(4, strategy="quantile"),
         GroupBinner(4, edges=[0.0, 1.0, 2.0, 5.0, 10.0]),
     ]
@@ -539,11 +582,11 @@ def test_binner_dirloss_0_1_checkpoint_keeps_constructor_settings():
     fresh = GroupBinner(3, low=-1.0, high=5.0)
     fresh.load_state_dict(state)
     assert fresh.fitted and (fresh.low, fresh.high) == (-1.0, 5.0)
-    assert fresh.fit([0.0, 1.0]).edges.tolist() == [-1.0, 1.0, 3.0, 5.0]
+    assert fresh.fit([0.0, 2.0, 4.0]).edges.tolist() == [-1.0, 1.0, 3.0, 5.0]
 
 
 def test_binner_fit_range_stays_float64_under_half():
-    binner = GroupBinner(3, low=0.1, high=0.7).fit([0.2, 0.5]).half()
+    binner = GroupBinner(3, low=0.1, high=0.7).fit([0.2, 0.4, 0.6]).half()
     assert binner.fit_range.dtype == torch.float64 and binner.low == 0.1
 
 

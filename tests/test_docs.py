@@ -17,6 +17,7 @@ import importlib
 import io
 import re
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 SKIP_MARK = "<!-- docs-test: skip -->"
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<ticks>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
+# A warning a page's code gives on purpose, hidden for that page only: the guide fits 10
+# groups on [0, 1] to the demo's long-tailed labels, which leave [0.9, 1] empty (the guide
+# says to check binner.counts), so GroupBinner.fit warns there.
+EXPECTED_WARNINGS = {"guide.md": "hold no training label"}
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
@@ -81,7 +86,11 @@ def test_code_blocks_run(page: Path) -> None:
     namespace: dict = {"__name__": f"__docs_{page.stem}__"}
     for line, code in blocks:
         compiled = compile(code, f"{page.relative_to(ROOT)}:{line}", "exec")
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            if page.name in EXPECTED_WARNINGS:
+                warnings.filterwarnings(
+                    "ignore", message=f".*{EXPECTED_WARNINGS[page.name]}", category=UserWarning
+                )
             exec(compiled, namespace)  # noqa: S102 - the documentation's own examples
 
 

@@ -154,9 +154,9 @@ def test_fused_head_terms_match_the_term_by_term_path(kwargs):
     total = (
         c.lambda_grc * c.contrastive(features, groups)
         + c.lambda_mse * expert_mse_loss(output.experts, target, groups,
-                                         table=c.expert_table, scale=unit)
+                                         table=c.expert_table, target_unit=unit)
         + c.lambda_soft * c.soft_label(output.logits, groups, group_counts=binner.counts)
-        + c.lambda_mix * mixture_mse_loss(output.logits, output.experts, target, scale=unit)
+        + c.lambda_mix * mixture_mse_loss(output.logits, output.experts, target, target_unit=unit)
     )
     # the soft-label table is a float32 buffer: 1e-6 (the rest to float64 rounding)
     torch.testing.assert_close(got.loss, total, rtol=1e-6, atol=1e-7)
@@ -578,7 +578,7 @@ def test_to_float64():
 def test_casting_the_loss_keeps_the_bin_edges(dtype):
     # .to(dtype) / .half() must not cast the binner's float64 edges (and centers): rounded
     # edges move labels near an edge to another group, and overflow to inf in float16.
-    binner = GroupBinner(3).fit([0.0, 100.0])
+    binner = GroupBinner(3).fit([0.0, 50.0, 100.0])
     y = torch.tensor([33.33, 33.334, 66.66, 66.67, 50.0, 100.0])
     before = binner(y)
     criterion = GroupDIRLoss(binner).to(dtype)

@@ -5,6 +5,7 @@ battery, run on the weighted MSE the weights feed."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -165,6 +166,23 @@ def test_forward_shape_dtype_and_column_target(device):
     y = torch.rand(8, 1, device=device, dtype=torch.float16)
     out = module(y)
     assert out.shape == (8,) and out.dtype == torch.float16 and out.device.type == device.type
+
+
+def test_a_strided_target_column_bins_without_a_copy_warning():
+    # torch.bucketize warns about (and copies) a non-contiguous input, e.g. the column of a
+    # wider float64 target; torch warns once per process, so make it warn always here.
+    module = LabelDensityWeights(4).fit(torch.rand(100))
+    column = torch.rand(8, 3, dtype=torch.float64)[:, 1:2]
+    assert not column[:, 0].is_contiguous()
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = module(column)
+    finally:
+        torch.set_warn_always(always)
+    assert torch.equal(got, module(column.contiguous()))
 
 
 def test_state_dict_round_trip():
