@@ -157,6 +157,7 @@ def test_every_newer_loss_step_runs(op):
         step()  # again: state kept between steps (FDS's epochs, gradients) is fine
 
 
+@pytest.mark.inductor  # torch.compile's default backend; out of the ATEN_CPU_CAPABILITY runs
 @pytest.mark.parametrize("op", COMPILED)
 def test_compiled_newer_loss_step_runs(op):
     torch._dynamo.reset()
