@@ -129,16 +129,25 @@ def ref_log_prior(counts):
     return [math.log(v / sum(c)) for v in c]
 
 
-def ref_scores(logits, experts, target, counts, edges, candidates):
-    """{(inference, tau): (bMAE, MAE)} of every candidate, from the loops above."""
+def ref_candidate_predictions(logits, experts, target, counts, candidates):
+    """``(y, {(inference, tau): predictions})`` of every candidate, from the loops above."""
     log_prior = ref_log_prior(counts)
     y = [float(v) for v in target.reshape(-1).tolist()]
-    scores = {}
+    preds = {}
     for inference, tau in candidates:
         adjustment = torch.tensor([tau * v for v in log_prior], dtype=torch.float64)
-        pred = [row[0] for row in ref_combine(logits, experts, inference, adjustment)]
+        rows = ref_combine(logits, experts, inference, adjustment)
+        preds[(inference, float(tau))] = [row[0] for row in rows]
+    return y, preds
+
+
+def ref_scores(logits, experts, target, counts, edges, candidates):
+    """{(inference, tau): (bMAE, MAE)} of every candidate."""
+    y, preds = ref_candidate_predictions(logits, experts, target, counts, candidates)
+    scores = {}
+    for key, pred in preds.items():
         mae = sum(abs(p - t) for p, t in zip(pred, y)) / len(y)
-        scores[(inference, float(tau))] = (ref_balanced_mae(pred, y, edges), mae)
+        scores[key] = (ref_balanced_mae(pred, y, edges), mae)
     return scores
 
 
@@ -340,19 +349,16 @@ def ref_group_of(y, edges):
 def ref_few_scores(logits, experts, target, counts, edges, candidates):
     """{(inference, tau): mean over the rare groups present of the group's mean |error|}."""
     rare = ref_rare(counts)
-    log_prior = ref_log_prior(counts)
-    y = [float(v) for v in target.reshape(-1).tolist()]
+    y, preds = ref_candidate_predictions(logits, experts, target, counts, candidates)
     out = {}
-    for inference, tau in candidates:
-        adjustment = torch.tensor([tau * v for v in log_prior], dtype=torch.float64)
-        pred = [row[0] for row in ref_combine(logits, experts, inference, adjustment)]
+    for key, pred in preds.items():
         per_group = {}
         for p, t in zip(pred, y):
             g = ref_group_of(t, edges)
             if rare[g]:
                 per_group.setdefault(g, []).append(abs(p - t))
         means = [sum(v) / len(v) for v in per_group.values()]
-        out[(inference, float(tau))] = sum(means) / len(means) if means else math.nan
+        out[key] = sum(means) / len(means) if means else math.nan
     return out
 
 
