@@ -28,9 +28,9 @@ only the head and the loss differ:
 ``dirloss``               the library's defaults: ``MultiExpertHead.from_linear(linear, G)``
                           + ``GroupDIRLoss(binner)``; trainings :data:`DIRLOSS_GRID` (the
                           defaults, the same with LDS weights, G 20 with ``expert_share`` 0),
-                          inference {soft, argmax} x tau {0, 0.5, 1}, picked by the library's
-                          rule (:func:`~dirloss.select_inference`: lowest bMAE among the
-                          candidates within 2 % of the best overall MAE)
+                          inference {soft, argmax, top-3} x tau {0, 0.5, 1}, picked by the
+                          library's rule (:func:`~dirloss.select_inference`: lowest bMAE
+                          among the candidates within 2 % of the best overall MAE)
 ``dirloss-tail``          the same models as ``dirloss``, the tail operating point: the
                           lowest validation few-shot MAE under the same guard
                           (``select_inference(..., metric="few")``)
@@ -105,10 +105,11 @@ DIRLOSS_GRID = (
 """The library's defaults (``expert_share`` = 1, 10 groups), the same with LDS weights on the
 expert and mixture terms (``GroupDIRLoss(...)(..., weight=lds(y))``), and sharp experts on
 finer groups (``expert_share`` = 0, 20 groups): the guide's three documented trainings. With
-the library's six inference candidates each, 18 candidates, scored from 3 trainings (Group-DIR:
+the library's nine inference candidates each, 27 candidates, scored from 3 trainings (Group-DIR:
 12 from 6)."""
 DIRLOSS_INFERENCE: tuple[tuple[str, float], ...] = DEFAULT_INFERENCE_CANDIDATES
-""":data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES`: soft and argmax, tau 0, 0.5, 1."""
+""":data:`dirloss.inference.DEFAULT_INFERENCE_CANDIDATES`: soft, argmax and top-3, tau 0, 0.5,
+1."""
 
 
 # ---------------------------------------------------------------------------------------------

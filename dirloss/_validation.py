@@ -36,6 +36,12 @@ def check_num_groups(num_groups: object) -> int:
     return num_groups
 
 
+def check_top_k(top_k: object) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"expected top_k to be a positive int, got {top_k!r}")
+    return top_k
+
+
 def check_positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected {name} to be a positive number, got {value!r}")

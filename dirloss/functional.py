@@ -23,6 +23,7 @@ from ._validation import (
     check_reduction,
     check_same_device,
     check_sample_weight,
+    check_top_k,
 )
 
 __all__ = [
@@ -39,8 +40,12 @@ __all__ = [
     "select_expert",
 ]
 
-INFERENCE_MODES = ("argmax", "soft")
+INFERENCE_MODES = ("argmax", "soft", "topk")
 """How :func:`combine_experts` turns group logits and experts into one prediction."""
+
+DEFAULT_TOP_K = 3
+"""Default ``top_k`` of :func:`combine_experts`'s ``"topk"`` mode (the authors' code averages
+the experts of the top 3 groups)."""
 
 DEFAULT_TEMPERATURE = 0.1
 """Default temperature of :func:`group_contrastive_loss`.
@@ -439,6 +444,7 @@ def combine_experts(
     experts: Tensor,
     inference: str = "soft",
     *,
+    top_k: int = DEFAULT_TOP_K,
     logit_adjustment: Tensor | None = None,
 ) -> Tensor:
     r"""One prediction per sample from the group logits and every expert's prediction.
@@ -448,14 +454,23 @@ def combine_experts(
         \hat y = \hat y_{\arg\max_g \tilde z_g}\ (\text{argmax}),\qquad
         \hat y = \sum_g \operatorname{softmax}(\tilde z)_g\,\hat y_g\ (\text{soft}),
 
-    where :math:`a` is an optional post-hoc logit adjustment, usually
-    :math:`\tau \log \pi` with :math:`\pi` the training group prior: subtracting it moves
-    predictions toward rare groups (Menon et al., 2021).
+    .. math::
+        \hat y = \sum_{g \in K} \frac{e^{\tilde z_g}}{\sum_{h \in K} e^{\tilde z_h}}\,
+            \hat y_g\ (\text{topk}),
+
+    where :math:`K` holds the ``top_k`` groups with the largest :math:`\tilde z` (all G when
+    ``top_k >= G``), and :math:`a` is an optional post-hoc logit adjustment, usually
+    :math:`\tau \log \pi` with :math:`\pi` the training group prior: subtracting it
+    moves predictions toward rare groups (Menon et al., 2021). ``"topk"`` sits between the
+    other two (``top_k`` = 1 is argmax, ``top_k`` = G is soft): it keeps the mixture's hedge
+    between neighbouring groups but drops the small weights of far groups, which pull every
+    prediction toward the crowded middle of the label range.
 
     Args:
         logits: (N, G) group logits.
         experts: (N, G, O) every expert's prediction.
-        inference: ``"argmax"`` | ``"soft"``.
+        inference: ``"argmax"`` | ``"soft"`` | ``"topk"``.
+        top_k: the number of groups ``"topk"`` mixes (a positive int; other modes ignore it).
         logit_adjustment: optional (G,) offsets subtracted from every row of the logits.
 
     Returns:
@@ -468,6 +483,9 @@ def combine_experts(
         tensor([[1.]])
         >>> combine_experts(logits, experts, "argmax", logit_adjustment=torch.tensor([3.0, 0.0]))
         tensor([[3.]])
+        >>> logits = torch.tensor([[0.0, 0.0, -30.0]])
+        >>> combine_experts(logits, torch.tensor([[[1.0], [3.0], [8.0]]]), "topk", top_k=2)
+        tensor([[2.]])
     """
     if inference not in INFERENCE_MODES:
         raise ValueError(f"expected inference in {INFERENCE_MODES}, got {inference!r}")
@@ -476,9 +494,15 @@ def combine_experts(
             "expected logits of shape (N, G) and experts of shape (N, G, O), got "
             f"{tuple(logits.shape)} and {tuple(experts.shape)}"
         )
+    check_top_k(top_k)
     if logit_adjustment is not None:
         logits = logits - logit_adjustment.to(logits.dtype)
-    if inference == "soft":
+    if inference == "topk" and top_k < logits.shape[1]:
+        top = logits.topk(top_k, dim=1)
+        weights = top.values.softmax(dim=1).to(experts.dtype)
+        index = top.indices[:, :, None].expand(-1, -1, experts.shape[2])
+        return (weights[:, :, None] * experts.gather(1, index)).sum(dim=1)
+    if inference in ("soft", "topk"):
         # softmax over dim 0 of the (G, N) transpose: over G = 10 contiguous values per row
         # it is a slow short-row kernel on the CPU. A product and a sum over G, not a bmm
         # of N tiny matrices (an einsum): one pass each way.

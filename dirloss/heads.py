@@ -15,6 +15,7 @@ from ._validation import (
     check_group_targets,
     check_non_negative,
     check_num_groups,
+    check_top_k,
     meta_repr,
 )
 
@@ -60,16 +61,19 @@ class MultiExpertHead(Float64Buffers):
     The prediction is :math:`\hat y_{y}` for the true group ``y`` when ``groups`` is passed
     (training), else :func:`dirloss.functional.combine_experts` of the logits and experts:
     ``inference="soft"`` (the default) mixes the experts by the softmax of the logits,
-    ``"argmax"`` (the paper) takes the expert of the most likely group. A post-hoc logit
-    adjustment (:meth:`set_logit_adjustment`) moves predictions toward rare groups; pick the
-    inference setting on validation data with :func:`dirloss.select_inference`.
+    ``"argmax"`` (the paper) takes the expert of the most likely group, ``"topk"`` mixes the
+    experts of the ``top_k`` most likely groups only (the authors' code: top 3). A post-hoc
+    logit adjustment (:meth:`set_logit_adjustment`) moves predictions toward rare groups;
+    pick the inference setting on validation data with :func:`dirloss.select_inference`.
 
     Args:
         in_features: size of the backbone feature.
         num_groups: G.
         out_features: size of each expert's output (1 for scalar regression).
         bias: whether the classifier and experts have biases.
-        inference: ``"soft"`` | ``"argmax"``, used when ``groups`` is not given.
+        inference: ``"soft"`` | ``"argmax"`` | ``"topk"``, used when ``groups`` is not given.
+        top_k: how many groups ``"topk"`` mixes (a positive int; a plain attribute, like
+            ``inference``).
         residual: experts as a shared base plus zero-initialised deltas.
         validate: check that ``groups`` lie in ``[0, G)`` on every device. Indices outside
             it always raise ``ValueError`` for CPU tensors; on other devices the check would
@@ -107,6 +111,7 @@ class MultiExpertHead(Float64Buffers):
         *,
         bias: bool = True,
         inference: str = "soft",
+        top_k: int = DF.DEFAULT_TOP_K,
         residual: bool = True,
         validate: bool = False,
         device: torch.device | None = None,
@@ -119,6 +124,7 @@ class MultiExpertHead(Float64Buffers):
         self.in_features, self.out_features = in_features, out_features
         self.num_groups = check_num_groups(num_groups)
         self.inference = inference
+        self.top_k = top_k
         self.residual = bool(residual)
         self.validate = bool(validate)
         factory = {"device": device, "dtype": dtype}
@@ -151,7 +157,7 @@ class MultiExpertHead(Float64Buffers):
 
     @property
     def inference(self) -> str:
-        """``"soft"`` | ``"argmax"``; checked on assignment."""
+        """``"soft"`` | ``"argmax"`` | ``"topk"``; checked on assignment."""
         return self._inference
 
     @inference.setter
@@ -159,6 +165,15 @@ class MultiExpertHead(Float64Buffers):
         if value not in DF.INFERENCE_MODES:
             raise ValueError(f"expected inference in {DF.INFERENCE_MODES}, got {value!r}")
         self._inference = value
+
+    @property
+    def top_k(self) -> int:
+        """How many groups ``inference="topk"`` mixes; checked on assignment."""
+        return self._top_k
+
+    @top_k.setter
+    def top_k(self, value: int) -> None:
+        self._top_k = check_top_k(value)
 
     @property
     def tau(self) -> float:
@@ -204,6 +219,7 @@ class MultiExpertHead(Float64Buffers):
         num_groups: int,
         *,
         inference: str = "soft",
+        top_k: int = DF.DEFAULT_TOP_K,
         residual: bool = True,
     ) -> MultiExpertHead:
         """Retrofit an existing regression layer: every expert starts as a copy of ``linear``.
@@ -223,7 +239,8 @@ class MultiExpertHead(Float64Buffers):
                 ``model.fc`` or ``model[-1]`` can be passed as they are; anything else raises
                 ``ValueError``).
             num_groups: G.
-            inference: ``"soft"`` | ``"argmax"``.
+            inference: ``"soft"`` | ``"argmax"`` | ``"topk"``.
+            top_k: how many groups ``"topk"`` mixes.
             residual: experts as the copied base plus zero-initialised deltas.
 
         Example:
@@ -238,7 +255,8 @@ class MultiExpertHead(Float64Buffers):
         weight = linear.weight
         head = cls(
             linear.in_features, num_groups, linear.out_features, bias=linear.bias is not None,
-            inference=inference, residual=residual, device=weight.device, dtype=weight.dtype,
+            inference=inference, top_k=top_k, residual=residual, device=weight.device,
+            dtype=weight.dtype,
         )
         with torch.no_grad():
             _zero_(head.classifier)
@@ -263,7 +281,7 @@ class MultiExpertHead(Float64Buffers):
         else:
             adjustment = self.logit_tau * self.log_prior  # zeros unless set: no host read
             prediction = DF.combine_experts(
-                logits, experts, self._inference, logit_adjustment=adjustment
+                logits, experts, self._inference, top_k=self._top_k, logit_adjustment=adjustment
             )
         return HeadOutput(logits, experts, prediction)
 
@@ -296,7 +314,8 @@ class MultiExpertHead(Float64Buffers):
         return (
             f"in_features={self.in_features}, num_groups={self.num_groups}, "
             f"out_features={self.out_features}, inference={self.inference!r}, "
-            f"residual={self.residual}, tau={meta_repr(self.logit_tau)}"
+            + (f"top_k={self.top_k}, " if self.inference == "topk" else "")
+            + f"residual={self.residual}, tau={meta_repr(self.logit_tau)}"
         )
 
 

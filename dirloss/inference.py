@@ -28,12 +28,13 @@ __all__ = [
 
 DEFAULT_INFERENCE_CANDIDATES: tuple[tuple[str, float], ...] = (
     ("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5), ("soft", 1.0), ("argmax", 1.0),
+    ("topk", 0.0), ("topk", 0.5), ("topk", 1.0),
 )
-"""The ``(inference, tau)`` pairs :func:`select_inference` tries by default: soft and argmax,
-each with no adjustment, half and the full balanced-error correction (``tau = 1``, Menon et
-al., 2021). ``tau = 1`` was added in 0.3 from the balanced-validation measurements in the
-guide ("Choosing the inference setting"); on validation sets as skewed as training the
-MAE guard keeps it out (it changed no pick there)."""
+"""The ``(inference, tau)`` pairs :func:`select_inference` tries by default: soft, argmax and
+top-k (the head's ``top_k``, 3 unless set), each with no adjustment, half and the full
+balanced-error correction (``tau = 1``, Menon et al., 2021). ``tau = 1`` and ``"topk"``
+were added in 0.3 from the balanced-validation measurements in the guide ("Two operating
+points"); on validation sets as skewed as training the MAE guard keeps ``tau = 1`` out."""
 
 DEFAULT_MAE_GUARD = 0.02
 """Default ``max_mae_increase`` of :func:`select_inference`."""
@@ -53,7 +54,7 @@ class InferenceChoice(NamedTuple):
     """What :func:`select_inference` picked.
 
     Attributes:
-        inference: ``"soft"`` | ``"argmax"``.
+        inference: ``"soft"`` | ``"argmax"`` | ``"topk"``.
         tau: the post-hoc logit adjustment strength.
         score: the chosen candidate's validation score (of the ``metric`` it was chosen by).
         scores: every candidate's ``(balanced MAE, MAE)``, keyed by ``(inference, tau)``.
@@ -214,7 +215,8 @@ def select_inference(
     few_scores: dict[tuple[str, float], float] = {}
     for inference, tau in candidates:
         adjustment = tau * head.log_prior if tau else None
-        pred = DF.combine_experts(out.logits, out.experts, inference, logit_adjustment=adjustment)
+        pred = DF.combine_experts(out.logits, out.experts, inference, top_k=head.top_k,
+                                  logit_adjustment=adjustment)
         err = (pred.reshape(-1).double() - y.to(pred.device).double()).abs()
         key = (inference, float(tau))
         scores[key] = (float(balanced_mae(pred, y, edges)), float(err.mean()))

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--groups", type=int, default=12, help="G, groups of the label range")
     parser.add_argument("--lambda-mse", type=float, default=1.0,
                         help="weight of the expert MSE term")
-    parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
+    parser.add_argument("--inference", choices=("argmax", "soft", "topk"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--head-lr", type=float, default=3e-2,
                         help="of the retrofitted head (30x --lr)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
-    parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
+    parser.add_argument("--inference", choices=("argmax", "soft", "topk"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
     parser.add_argument("--tau", type=float, default=0.0,
                         help="logit adjustment of the group classifier (> 0 favours rare groups)")

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per sentence pair")
     parser.add_argument("--groups", type=int, default=10, help="G, groups of the score range")
-    parser.add_argument("--inference", choices=("argmax", "soft"), default="soft",
+    parser.add_argument("--inference", choices=("argmax", "soft", "topk"), default="soft",
                         help="how the retrofitted head picks its expert at test time")
     parser.add_argument("--control", action="store_true",
                         help="also fine-tune the MSE model for the same extra epochs with MSE")

@@ -61,8 +61,9 @@ def ref_mixture_mse(logits, experts, target, scale=1.0) -> float:
     return total / (max(n * out_features, 1) * float(scale) ** 2)
 
 
-def ref_combine(logits, experts, inference, adjustment=None):
-    """z~ = z - a; argmax: the expert of the largest z~; soft: sum_g softmax(z~)_g expert_g."""
+def ref_combine(logits, experts, inference, adjustment=None, top_k=3):
+    """z~ = z - a; argmax: the expert of the largest z~; soft: sum_g softmax(z~)_g expert_g;
+    topk: the soft mixture over the top_k groups of largest z~ only (no ties in the tests)."""
     out = []
     for z, rows in zip(logits.double().tolist(), experts.double().tolist()):
         if adjustment is not None:
@@ -70,10 +71,12 @@ def ref_combine(logits, experts, inference, adjustment=None):
         if inference == "argmax":
             out.append(rows[ref_argmax(z)])
             continue
+        kept = sorted(range(len(z)), key=lambda g: -z[g])
+        kept = kept[:top_k] if inference == "topk" else kept
         m = max(z)
-        e = [math.exp(v - m) for v in z]
-        w = [v / sum(e) for v in e]
-        out.append([sum(w[g] * rows[g][o] for g in range(len(w))) for o in range(len(rows[0]))])
+        e = {g: math.exp(z[g] - m) for g in kept}
+        total = sum(e.values())
+        out.append([sum(e[g] / total * rows[g][o] for g in kept) for o in range(len(rows[0]))])
     return out
 
 

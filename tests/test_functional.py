@@ -403,7 +403,7 @@ def test_scale_keyword_is_a_deprecated_alias_of_target_unit(fn):
 # combine_experts
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("out_features", [1, 3])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 @pytest.mark.parametrize("adjusted", [False, True])
 def test_combine_matches_loop(out_features, inference, adjusted, device):
     logits = torch.randn(9, 5, dtype=torch.float64, device=device) * 3
@@ -417,9 +417,41 @@ def test_combine_matches_loop(out_features, inference, adjusted, device):
     torch.testing.assert_close(got.cpu(), torch.tensor(ref, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("top_k", [1, 2, 4, 5, 9])
+def test_combine_topk_matches_loop_for_every_k(top_k, device):
+    logits = torch.randn(7, 5, dtype=torch.float64, device=device) * 2
+    experts = torch.randn(7, 5, 2, dtype=torch.float64, device=device)
+    got = combine_experts(logits, experts, "topk", top_k=top_k)
+    ref = ref_combine(logits.cpu(), experts.cpu(), "topk", top_k=top_k)
+    torch.testing.assert_close(got.cpu(), torch.tensor(ref, dtype=torch.float64))
+
+
+def test_combine_topk_spans_argmax_to_soft():
+    logits, experts = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, 1).double()
+    assert torch.equal(combine_experts(logits, experts, "topk", top_k=1),
+                       combine_experts(logits, experts, "argmax"))
+    for k in (4, 10):  # all the groups (or more): the full soft mixture
+        assert torch.equal(combine_experts(logits, experts, "topk", top_k=k),
+                           combine_experts(logits, experts, "soft"))
+
+
+def test_combine_gradcheck_topk():
+    logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    experts = torch.randn(4, 5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda z, e: combine_experts(z, e, "topk", top_k=2), (logits, experts)
+    )
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 2.0, True, None])
+def test_combine_bad_top_k(top_k):
+    with pytest.raises(ValueError, match="expected top_k to be a positive int"):
+        combine_experts(torch.randn(2, 3), torch.randn(2, 3, 1), "topk", top_k=top_k)
+
+
 def test_combine_default_is_soft_and_modes_are_listed():
     logits, experts = torch.randn(4, 3), torch.randn(4, 3, 2)
-    assert set(INFERENCE_MODES) == {"argmax", "soft"}
+    assert set(INFERENCE_MODES) == {"argmax", "soft", "topk"}
     assert torch.equal(combine_experts(logits, experts), combine_experts(logits, experts, "soft"))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _bad_groups import OUT_OF_RANGE, G, bad_groups, range_error
 from _battery import Spec, battery
-from _references import ref_argmax
+from _references import ref_argmax, ref_combine
 from torch import nn
 
 from dirloss import GroupBinner, HeadOutput, MultiExpertHead, select_inference
@@ -84,7 +84,7 @@ def as_tensor(values, like):
 # Shapes and the three prediction modes
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("out_features", [1, 3])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_output_shapes(out_features, inference, device):
     head = MultiExpertHead(6, 4, out_features, inference=inference, device=device)
     out = head(torch.randn(5, 6, device=device))
@@ -118,7 +118,7 @@ def test_logits_and_experts_match_per_group_linear_maps(out_features, bias, resi
 
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_teacher_forcing_picks_true_group_expert(out_features, inference, residual, device):
     head = make_head(
         6, 4, out_features, inference=inference, residual=residual, device=device,
@@ -160,6 +160,30 @@ def test_soft_inference_is_softmax_mixture(out_features, residual, device):
     ref = [ref_soft(logits[i], experts[i]) for i in range(9)]
     out = head(x)
     torch.testing.assert_close(out.prediction, as_tensor(ref, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 5])
+def test_topk_inference_mixes_the_top_k_experts(top_k, device):
+    head = make_head(6, 5, 2, inference="topk", residual=True, device=device, dtype=torch.float64)
+    head.top_k = top_k
+    x = torch.randn(9, 6, device=device, dtype=torch.float64) * 3
+    logits, experts = ref_head(head, x)
+    ref = ref_combine(as_tensor(logits, x), as_tensor(experts, x), "topk", top_k=top_k)
+    torch.testing.assert_close(head(x).prediction, as_tensor(ref, x), rtol=1e-12, atol=1e-12)
+
+
+def test_top_k_default_checked_and_shown_in_repr():
+    head = MultiExpertHead(4, 3)
+    assert head.top_k == DF.DEFAULT_TOP_K == 3 and "top_k" not in repr(head)
+    head.inference = "topk"
+    assert "top_k=3" in repr(head)
+    assert MultiExpertHead.from_linear(nn.Linear(4, 1), 3, top_k=2).top_k == 2
+    for bad in (0, -2, 1.5, True, None):
+        with pytest.raises(ValueError, match="expected top_k to be a positive int"):
+            MultiExpertHead(4, 3, top_k=bad)
+        with pytest.raises(ValueError, match="expected top_k to be a positive int"):
+            head.top_k = bad
+    assert head.top_k == 3
 
 
 def test_default_inference_is_soft_and_residual():
@@ -234,7 +258,7 @@ def test_small_integer_groups_work_or_raise_value_error(dtype):
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("out_features", [1, 3])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_from_linear_reproduces_linear(out_features, bias, inference, residual, dtype, device):
     linear = nn.Linear(8, out_features, bias=bias, device=device, dtype=dtype)
     head = MultiExpertHead.from_linear(
@@ -298,7 +322,7 @@ def test_from_linear_validates_arguments():
 # ---------------------------------------------------------------------------------------------
 # Residual experts: a shared base plus zero-initialised deltas
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_fresh_residual_head_predicts_the_base(inference):
     head = MultiExpertHead(6, 4, 2, inference=inference, dtype=torch.float64)
     for p in head.experts.parameters():
@@ -350,7 +374,7 @@ def ref_log_prior(counts):
 
 
 @pytest.mark.parametrize("residual", [True, False])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_logit_adjustment_matches_reference(inference, residual):
     head = make_head(6, 5, 2, inference=inference, residual=residual, dtype=torch.float64)
     counts = torch.tensor([50, 0, 7, 3, 20])
@@ -363,19 +387,14 @@ def test_logit_adjustment_matches_reference(inference, residual):
     )
     x = torch.randn(9, 6, dtype=torch.float64) * 3
     logits, experts = ref_head(head, x)
-    ref = []
-    for i in range(9):
-        adjusted = [z - tau * a for z, a in zip(logits[i], log_prior)]
-        if inference == "argmax":
-            ref.append(experts[i][ref_argmax(adjusted)])
-        else:
-            ref.append(ref_soft(adjusted, experts[i]))
+    adjustment = tau * torch.tensor(log_prior, dtype=torch.float64)
+    ref = ref_combine(as_tensor(logits, x), as_tensor(experts, x), inference, adjustment)
     out = head(x)
     torch.testing.assert_close(out.prediction, as_tensor(ref, x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out.logits, as_tensor(logits, x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_logit_adjustment_tau_zero_is_identity(inference):
     head = make_head(6, 5, inference=inference, residual=True)
     x = torch.randn(9, 6) * 3
@@ -430,7 +449,7 @@ def test_logit_adjustment_bad_arguments(tau, counts, match):
 
 
 @pytest.mark.parametrize("residual", [True, False])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_logit_adjustment_only_at_inference(inference, residual):
     # With groups (training) the prediction is the true group's expert, adjustment or not.
     head = make_head(6, 4, 2, inference=inference, residual=residual)
@@ -479,7 +498,7 @@ def test_logit_tau_stays_float64_under_casting(cast, dtype):
 
 
 @pytest.mark.parametrize("tau", [0.5, 0.8])
-@pytest.mark.parametrize("inference", ["argmax", "soft"])
+@pytest.mark.parametrize("inference", ["argmax", "soft", "topk"])
 def test_select_inference_leaves_head_tau_equal_to_choice_tau(inference, tau):
     # The claim of select_inference's doctest, for taus that are not float32 values: the
     # head reads back exactly the chosen tau (a float32 head rounded 0.8 to 0.800000011...).

@@ -129,21 +129,21 @@ def ref_log_prior(counts):
     return [math.log(v / sum(c)) for v in c]
 
 
-def ref_candidate_predictions(logits, experts, target, counts, candidates):
+def ref_candidate_predictions(logits, experts, target, counts, candidates, top_k=3):
     """``(y, {(inference, tau): predictions})`` of every candidate, from the loops above."""
     log_prior = ref_log_prior(counts)
     y = [float(v) for v in target.reshape(-1).tolist()]
     preds = {}
     for inference, tau in candidates:
         adjustment = torch.tensor([tau * v for v in log_prior], dtype=torch.float64)
-        rows = ref_combine(logits, experts, inference, adjustment)
+        rows = ref_combine(logits, experts, inference, adjustment, top_k)
         preds[(inference, float(tau))] = [row[0] for row in rows]
     return y, preds
 
 
-def ref_scores(logits, experts, target, counts, edges, candidates):
+def ref_scores(logits, experts, target, counts, edges, candidates, top_k=3):
     """{(inference, tau): (bMAE, MAE)} of every candidate."""
-    y, preds = ref_candidate_predictions(logits, experts, target, counts, candidates)
+    y, preds = ref_candidate_predictions(logits, experts, target, counts, candidates, top_k)
     scores = {}
     for key, pred in preds.items():
         mae = sum(abs(p - t) for p, t in zip(pred, y)) / len(y)
@@ -182,6 +182,23 @@ def make_selection_case(num_groups=5, n_val=120):
 
 
 CANDIDATES = [("soft", 0.0), ("soft", 0.5), ("argmax", 0.0), ("argmax", 0.5), ("soft", 1.0)]
+
+
+@pytest.mark.parametrize("top_k", [2, 4])
+def test_select_inference_scores_topk_with_the_heads_top_k(top_k):
+    head, binner, features, target = make_selection_case()
+    head.top_k = top_k
+    candidates = [("topk", 0.0), ("topk", 0.5), ("soft", 0.0)]
+    with torch.no_grad():
+        out = head(features)
+    scores = ref_scores(out.logits, out.experts, target, binner.counts.tolist(),
+                        binner.edges.tolist(), candidates, top_k)
+    choice = select_inference(head, features, target, binner, candidates=candidates)
+    for key, (bmae, mae) in scores.items():
+        assert math.isclose(choice.scores[key][0], bmae, rel_tol=1e-9), key
+        assert math.isclose(choice.scores[key][1], mae, rel_tol=1e-9), key
+    assert (choice.inference, choice.tau) == ref_pick(scores, "bmae", 0.02)
+    assert head.top_k == top_k  # selection sets inference and tau, never top_k
 
 
 @pytest.mark.parametrize("metric", ["bmae", "mae"])
