@@ -28,6 +28,8 @@ from ._validation import (
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
+    "DEFAULT_TOP_K",
+    "INFERENCE_MODES",
     "descending_soft_label_table",
     "descending_soft_labels",
     "descending_soft_label_loss",
