@@ -286,6 +286,12 @@ def test_balanced_targets():
     assert ["MISSED" not in s for s in lines] == [True, False, False, False, False, False], lines
     assert "b: bmc" in lines[4]
     assert check_balanced_targets({"x": _dataset_result("tabular", {"vanilla": {"bmae": 1}})}) == []
+    # a data set without few-shot test rows (NaN) is left out of the few-shot checks only
+    flat = {**good, "c": ds((0.9, math.nan), vanilla=(1.0, math.nan), tail=(0.9, math.nan))}
+    lines = check_balanced_targets(flat)
+    assert all("MET" in s and "MISSED" not in s for s in lines[:-1]), lines
+    assert "(2/2;" in lines[2] and "-" in lines[3] and "nan" not in lines[3], lines
+    assert lines[-1].endswith("(no few-shot test rows): c"), lines
 
 
 def test_select_by_few_shot_mae():
