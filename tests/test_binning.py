@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _bad_groups import fitted_binner
+from _strict_warnings import warnings_raise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,18 +278,12 @@ def test_fit_warns_of_empty_groups_at_the_callers_line():
 def test_a_strided_label_column_bins_without_a_copy_warning():
     # A column of a wider float64 target (target[:, 0]) is strided; torch.bucketize warns
     # about (and copies) a non-contiguous input. torch warns once per process, so make it
-    # warn always for this check.
+    # warn always for this check (warnings_raise).
     binner = GroupBinner(4).fit(torch.linspace(0.0, 1.0, 20, dtype=torch.float64))
     column = torch.rand(8, 2, dtype=torch.float64)[:, 1]
     assert not column.is_contiguous()
-    always = torch.is_warn_always_enabled()
-    torch.set_warn_always(True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            got = binner(column)
-    finally:
-        torch.set_warn_always(always)
+    with warnings_raise():
+        got = binner(column)
     assert torch.equal(got, binner(column.contiguous()))
 
 

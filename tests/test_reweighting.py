@@ -5,12 +5,12 @@ battery, run on the weighted MSE the weights feed."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from _battery import Spec, battery
+from _strict_warnings import warnings_raise
 
 from dirloss import LabelDensityWeights
 from dirloss.functional import weighted_mse_loss
@@ -170,18 +170,13 @@ def test_forward_shape_dtype_and_column_target(device):
 
 def test_a_strided_target_column_bins_without_a_copy_warning():
     # torch.bucketize warns about (and copies) a non-contiguous input, e.g. the column of a
-    # wider float64 target; torch warns once per process, so make it warn always here.
+    # wider float64 target; torch warns once per process, so make it warn always here
+    # (warnings_raise).
     module = LabelDensityWeights(4).fit(torch.rand(100))
     column = torch.rand(8, 3, dtype=torch.float64)[:, 1:2]
     assert not column[:, 0].is_contiguous()
-    always = torch.is_warn_always_enabled()
-    torch.set_warn_always(True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            got = module(column)
-    finally:
-        torch.set_warn_always(always)
+    with warnings_raise():
+        got = module(column)
     assert torch.equal(got, module(column.contiguous()))
 
 
