@@ -90,9 +90,8 @@ def run_one(job: tuple[DataSpec, str, int, int, str | None]) -> dict[str, Any]:
     spec, method_name, setting, seed, data_dir = job
     torch.set_num_threads(1)
     data = prepare(spec, data_dir=data_dir, cache_dir=None)
-    args = argparse.Namespace(epochs=None, stsb_epochs=db.STSB_EPOCHS, steps=db.TABULAR_STEPS,
-                              batch_size=256, lr=1e-3, dropout=0.0)
-    config = db.train_config(spec.kind, data.sizes.n_train, args)
+    # the benchmark's own defaults (epochs, steps, batch size, lr, dropout)
+    config = db.train_config(spec.kind, data.sizes.n_train, db.parse_args([]))
     method = METHODS[method_name]
     model, _ = train(method, method.grid[setting], data.x["train"], data.y["train"], config,
                      seed=seed)

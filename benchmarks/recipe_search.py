@@ -91,9 +91,8 @@ def run_one(job: tuple[DataSpec, str, int, dict[str, Any]]) -> dict[str, Any]:
     key = (spec.name, spec.spec, spec.kind, recipe, seed)  # the "job" of the saved runs
     torch.set_num_threads(1)
     data = prepare(spec, data_dir=opts["data_dir"], cache_dir=None)
-    args = argparse.Namespace(epochs=None, stsb_epochs=db.STSB_EPOCHS, steps=db.TABULAR_STEPS,
-                              batch_size=256, lr=1e-3, dropout=0.0)
-    config = db.train_config(spec.kind, data.sizes.n_train, args)
+    # the benchmark's own defaults (epochs, steps, batch size, lr, dropout)
+    config = db.train_config(spec.kind, data.sizes.n_train, db.parse_args([]))
     p = {**BASE, **RECIPES[recipe]}
     x, y = data.x["train"], data.y["train"]
     torch.manual_seed(seed)
